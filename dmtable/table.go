@@ -1,0 +1,154 @@
+package dmtable
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// Target is one line of a device-mapper table: the target of type Type maps
+// Length sectors of the device, starting at sector Start, and is configured
+// by Params (the text after the type on a `dmsetup table` line).
+type Target struct {
+	Start  uint64 // first sector of the device this target maps
+	Length uint64 // number of 512-byte sectors
+	Type   string // target type: "linear", "snapshot", ...
+	Params string // target parameters, as the kernel reports them
+}
+
+// Table is a device's complete table: targets sorted by Start, each starting
+// where the previous one ends, the first at sector 0.
+type Table []Target
+
+// String renders t in the text form dmsetup reads and prints: one target per
+// line, "start length type params".
+func (t Target) String() string {
+	return fmt.Sprintf("%d %d %s %s", t.Start, t.Length, t.Type, t.Params)
+}
+
+// String renders the table one target per line, each ending in a newline.
+func (t Table) String() string {
+	var b strings.Builder
+	for _, tg := range t {
+		b.WriteString(tg.String())
+		b.WriteByte('\n')
+	}
+	return b.String()
+}
+
+// Sectors is the size of the device the table describes, in sectors.
+func (t Table) Sectors() uint64 {
+	if len(t) == 0 {
+		return 0
+	}
+	last := t[len(t)-1]
+	return last.Start + last.Length
+}
+
+// Validate checks that the table is loadable as a whole: at least one target,
+// no empty target, no gap and no overlap, the first target at sector 0.
+func (t Table) Validate() error {
+	if len(t) == 0 {
+		return fmt.Errorf("table is empty")
+	}
+	var next uint64
+	for i, tg := range t {
+		if tg.Length == 0 {
+			return fmt.Errorf("target %d (%s) has length 0", i, tg.Type)
+		}
+		if tg.Type == "" || strings.ContainsAny(tg.Type, " \t\n") {
+			return fmt.Errorf("target %d has an invalid type %q", i, tg.Type)
+		}
+		if strings.ContainsAny(tg.Params, "\n\x00") {
+			return fmt.Errorf("target %d (%s) parameters contain a newline or NUL", i, tg.Type)
+		}
+		switch {
+		case tg.Start > next:
+			return fmt.Errorf("gap in table: sectors %d-%d are not mapped (target %d starts at %d)", next, tg.Start-1, i, tg.Start)
+		case tg.Start < next:
+			return fmt.Errorf("overlap in table: target %d starts at sector %d, inside the previous target which ends at %d", i, tg.Start, next)
+		}
+		if tg.Start+tg.Length < tg.Start {
+			return fmt.Errorf("target %d (%s) overflows the sector range", i, tg.Type)
+		}
+		next = tg.Start + tg.Length
+	}
+	return nil
+}
+
+// ParseTable parses the text form of a table (as printed by String or by
+// `dmsetup table NAME`). Blank lines are skipped. It does not Validate.
+func ParseTable(s string) (Table, error) {
+	var t Table
+	for n, line := range strings.Split(s, "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" {
+			continue
+		}
+		tg, err := ParseTarget(line)
+		if err != nil {
+			return nil, fmt.Errorf("line %d: %w", n+1, err)
+		}
+		t = append(t, tg)
+	}
+	return t, nil
+}
+
+// ParseTarget parses one "start length type [params]" line.
+func ParseTarget(line string) (Target, error) {
+	f := strings.Fields(line)
+	if len(f) < 3 {
+		return Target{}, fmt.Errorf("parse target %q: want \"start length type params\"", line)
+	}
+	start, err := strconv.ParseUint(f[0], 10, 64)
+	if err != nil {
+		return Target{}, fmt.Errorf("parse target %q: start: %w", line, err)
+	}
+	length, err := strconv.ParseUint(f[1], 10, 64)
+	if err != nil {
+		return Target{}, fmt.Errorf("parse target %q: length: %w", line, err)
+	}
+	return Target{Start: start, Length: length, Type: f[2], Params: strings.Join(f[3:], " ")}, nil
+}
+
+// Linear is a `linear` target mapping [start, start+length) to dev at offset
+// (all in sectors). dev is a path or "major:minor".
+func Linear(start, length uint64, dev string, offset uint64) Target {
+	return Target{Start: start, Length: length, Type: "linear", Params: fmt.Sprintf("%s %d", dev, offset)}
+}
+
+// LinearParams is the parsed parameter list of a `linear` target.
+type LinearParams struct {
+	Dev    string // "major:minor" as the kernel reports it, or a path
+	Offset uint64 // sectors
+}
+
+// ParseLinear parses the params of a `linear` target: "dev offset".
+func ParseLinear(params string) (LinearParams, error) {
+	f := strings.Fields(params)
+	if len(f) != 2 {
+		return LinearParams{}, fmt.Errorf("parse linear params %q: want \"device offset\"", params)
+	}
+	off, err := strconv.ParseUint(f[1], 10, 64)
+	if err != nil {
+		return LinearParams{}, fmt.Errorf("parse linear params %q: offset: %w", params, err)
+	}
+	return LinearParams{Dev: f[0], Offset: off}, nil
+}
+
+// ParseDevNum parses a "major:minor" device number.
+func ParseDevNum(s string) (major, minor uint32, err error) {
+	a, b, ok := strings.Cut(s, ":")
+	if !ok {
+		return 0, 0, fmt.Errorf("parse device number %q: want major:minor", s)
+	}
+	ma, err := strconv.ParseUint(a, 10, 32)
+	if err != nil {
+		return 0, 0, fmt.Errorf("parse device number %q: %w", s, err)
+	}
+	mi, err := strconv.ParseUint(b, 10, 32)
+	if err != nil {
+		return 0, 0, fmt.Errorf("parse device number %q: %w", s, err)
+	}
+	return uint32(ma), uint32(mi), nil
+}
