@@ -1,0 +1,39 @@
+# snapctl: see README.md.
+GO        ?= go
+BIN       ?= bin/snapctl
+FUZZTIME  ?= 5s
+E2E_FLAGS ?= -count=1 -timeout 40m
+
+.PHONY: all build demo test unit fuzz e2e bench deps clean
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN) ./cmd/snapctl
+
+deps:
+	./scripts/deps.sh
+
+# A real-kernel session on a small built-in demo (boots user-mode Linux).
+demo: deps build
+	$(GO) test -tags e2e -count=1 -run '^TestDemo$$' ./e2e/ -args -demo
+
+# The full suite: vet, unit tests, short fuzz runs, end-to-end on a real kernel.
+test: unit fuzz e2e
+
+unit:
+	$(GO) vet ./...
+	$(GO) vet -tags e2e ./e2e/
+	CGO_ENABLED=0 $(GO) test -count=1 ./...
+
+fuzz:
+	./scripts/fuzz.sh $(FUZZTIME)
+
+e2e: build
+	$(GO) test -tags e2e $(E2E_FLAGS) -v ./e2e/ 2>&1 | ./scripts/e2e-summary.sh
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 3x ./...
+
+clean:
+	rm -rf bin

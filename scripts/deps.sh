@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the Debian packages snapctl's tests and demo need, if missing:
+# user-mode Linux (the real kernel the end-to-end tests boot), kmod (modprobe
+# in the guest), file-system tools, dmsetup (an oracle in tests), and a C
+# compiler for the UML ptrace shim (e2e/umlfpu).
+set -euo pipefail
+pkgs=(user-mode-linux kmod e2fsprogs xfsprogs f2fs-tools dmsetup util-linux gcc libc6-dev make)
+missing=()
+for p in "${pkgs[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+	echo "deps: installing ${missing[*]}"
+	SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+	export DEBIAN_FRONTEND=noninteractive
+	$SUDO apt-get update -qq
+	$SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+command -v go >/dev/null || { echo "deps: Go 1.26 or newer is required (https://go.dev/dl)"; exit 1; }
