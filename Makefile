@@ -1,4 +1,6 @@
 # snapctl: see README.md.
+SHELL       := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 GO        ?= go
 BIN       ?= bin/snapctl
 FUZZTIME  ?= 5s

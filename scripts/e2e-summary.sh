@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Filters the verbose e2e log: keeps the test lines and failures, drops the
-# guest's boot chatter, and passes go test's exit status through.
-set -uo pipefail
-tee /tmp/snapctl-e2e.log | grep -Ev '^\s+guest\| (SELinux|mmapper|Warning: tempdir|Powering off|reboot:)' 
-exit "${PIPESTATUS[0]}"
+# Filters the verbose e2e log for reading: drops the guest's boot chatter and
+# keeps everything else; the full log stays in /tmp/snapctl-e2e.log. The
+# Makefile runs it under pipefail, so go test's exit status decides.
+tee /tmp/snapctl-e2e.log | grep -Ev '^\s+guest\| (SELinux|mmapper|Warning: tempdir|Powering off|reboot:)'
+exit 0
