@@ -69,7 +69,7 @@ func ParseRanges(r io.Reader) ([]Range, error) {
 
 func parseRange(f []string) (Range, error) {
 	if len(f) != 2 {
-		return Range{}, fmt.Errorf("want \"offset length\", got %d fields", len(f))
+		return Range{}, fmt.Errorf("want two numbers \"OFFSET LENGTH\", got %d", len(f))
 	}
 	off, err := ParseBytes(f[0])
 	if err != nil {

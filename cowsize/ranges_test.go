@@ -92,9 +92,9 @@ func TestParseRangesErrors(t *testing.T) {
 	}{
 		{"garbage", "0 10\nhello world\n", 2, "offset", false},
 		{"binary", "\x00\x01\x02 \xff\n", 1, "offset", false},
-		{"one field", "0 10\n\n4096\n", 3, "got 1 fields", false},
-		{"three fields", "0 10 20\n", 1, "got 3 fields", false},
-		{"comma", "0,10\n", 1, "got 1 fields", false},
+		{"one field", "0 10\n\n4096\n", 3, "got 1", false},
+		{"three fields", "0 10 20\n", 1, "got 3", false},
+		{"comma", "0,10\n", 1, "got 1", false},
 		{"negative offset", "# x\n-4096 10\n", 2, "negative", false},
 		{"negative length", "0 -1\n", 1, "length", false},
 		{"offset overflow", "99999999999999999999 1\n", 1, "exceeds 2^63-1", true},
