@@ -80,10 +80,10 @@ func TestFlagValidation(t *testing.T) {
 
 func TestFlagsString(t *testing.T) {
 	for f, want := range map[Flags]string{
-		0:                                            "-",
-		FIEMAP_EXTENT_LAST:                           "last",
+		0:                  "-",
+		FIEMAP_EXTENT_LAST: "last",
 		FIEMAP_EXTENT_UNWRITTEN | FIEMAP_EXTENT_LAST: "last|unwritten",
-		FIEMAP_EXTENT_SHARED | 0x10000:              "shared|0x10000",
+		FIEMAP_EXTENT_SHARED | 0x10000:               "shared|0x10000",
 	} {
 		if got := f.String(); got != want {
 			t.Errorf("Flags(%#x): got %q, want %q", uint32(f), got, want)
