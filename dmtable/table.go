@@ -21,8 +21,11 @@ type Target struct {
 type Table []Target
 
 // String renders t in the text form dmsetup reads and prints: one target per
-// line, "start length type params".
+// line, "start length type params" ("start length type" with no params).
 func (t Target) String() string {
+	if t.Params == "" {
+		return fmt.Sprintf("%d %d %s", t.Start, t.Length, t.Type)
+	}
 	return fmt.Sprintf("%d %d %s %s", t.Start, t.Length, t.Type, t.Params)
 }
 
@@ -46,34 +49,75 @@ func (t Table) Sectors() uint64 {
 }
 
 // Validate checks that the table is loadable as a whole: at least one target,
-// no empty target, no gap and no overlap, the first target at sector 0.
+// no empty target, no gap and no overlap, the first target at sector 0, type
+// names the kernel can hold, and, for the target types this package knows
+// (linear, snapshot-origin, snapshot, snapshot-merge), well-formed parameters.
+// The error is an ErrInvalidTable.
 func (t Table) Validate() error {
 	if len(t) == 0 {
-		return fmt.Errorf("table is empty")
+		return invalidTable("table is empty")
 	}
 	var next uint64
 	for i, tg := range t {
 		if tg.Length == 0 {
-			return fmt.Errorf("target %d (%s) has length 0", i, tg.Type)
+			return invalidTable("target %d (%s) has length 0", i, tg.Type)
 		}
-		if tg.Type == "" || strings.ContainsAny(tg.Type, " \t\n") {
-			return fmt.Errorf("target %d has an invalid type %q", i, tg.Type)
+		if tg.Type == "" || strings.ContainsAny(tg.Type, " \t\n\x00") {
+			return invalidTable("target %d has an invalid type %q", i, tg.Type)
+		}
+		if len(tg.Type) > maxTypeLen {
+			return invalidTable("target %d has a type name longer than %d bytes: %q", i, maxTypeLen, tg.Type)
 		}
 		if strings.ContainsAny(tg.Params, "\n\x00") {
-			return fmt.Errorf("target %d (%s) parameters contain a newline or NUL", i, tg.Type)
+			return invalidTable("target %d (%s) parameters contain a newline or NUL", i, tg.Type)
 		}
 		switch {
 		case tg.Start > next:
-			return fmt.Errorf("gap in table: sectors %d-%d are not mapped (target %d starts at %d)", next, tg.Start-1, i, tg.Start)
+			return invalidTable("gap in table: sectors %d-%d are not mapped (target %d starts at %d)", next, tg.Start-1, i, tg.Start)
 		case tg.Start < next:
-			return fmt.Errorf("overlap in table: target %d starts at sector %d, inside the previous target which ends at %d", i, tg.Start, next)
+			return invalidTable("overlap in table: target %d starts at sector %d, inside the previous target which ends at %d", i, tg.Start, next)
 		}
 		if tg.Start+tg.Length < tg.Start {
-			return fmt.Errorf("target %d (%s) overflows the sector range", i, tg.Type)
+			return invalidTable("target %d (%s) overflows the sector range", i, tg.Type)
+		}
+		if err := checkParams(tg); err != nil {
+			return invalidTable("target %d: %v", i, err)
 		}
 		next = tg.Start + tg.Length
 	}
 	return nil
+}
+
+// maxTypeLen is the longest target type name: dm_target_spec.target_type is
+// DM_MAX_TYPE_NAME (16) bytes including the terminating NUL.
+const maxTypeLen = 15
+
+// Target type names of the targets snapctl builds.
+const (
+	TypeLinear         = "linear"
+	TypeSnapshotOrigin = "snapshot-origin"
+	TypeSnapshot       = "snapshot"
+	TypeSnapshotMerge  = "snapshot-merge"
+)
+
+// checkParams parses the parameters of the target types this package knows;
+// other types are passed to the kernel unchecked.
+func checkParams(tg Target) error {
+	var err error
+	switch tg.Type {
+	case TypeLinear:
+		var p LinearParams
+		if p, err = ParseLinear(tg.Params); err == nil && !validDevArg(p.Dev) {
+			err = fmt.Errorf("linear device %q is not a path or major:minor", p.Dev)
+		}
+	case TypeSnapshotOrigin:
+		_, err = ParseSnapshotOrigin(tg.Params)
+	case TypeSnapshot:
+		_, err = ParseSnapshot(tg.Params)
+	case TypeSnapshotMerge:
+		_, err = ParseSnapshotMerge(tg.Params)
+	}
+	return err
 }
 
 // ParseTable parses the text form of a table (as printed by String or by
