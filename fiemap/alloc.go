@@ -151,6 +151,18 @@ func Allocate(path string, size uint64, opts AllocateOptions) (_ *os.File, err e
 		return nil, fmt.Errorf("allocate %q: open directory: %w", path, err)
 	}
 	defer d.Close()
+	dst, err := fstat(d)
+	if err != nil {
+		return nil, fmt.Errorf("allocate %q: %w", path, err)
+	}
+	if err := checkPath(abs, dst.dev); err != nil {
+		var s ErrSymlink
+		if errors.As(err, &s) {
+			s.Path = path
+			return nil, s
+		}
+		return nil, err
+	}
 	fsys, err := statFS(d)
 	if err != nil {
 		var u ErrUnsupportedFS
@@ -159,17 +171,6 @@ func Allocate(path string, size uint64, opts AllocateOptions) (_ *os.File, err e
 			return nil, u
 		}
 		return nil, fmt.Errorf("allocate %q: %w", path, err)
-	}
-	dst, err := fstat(d)
-	if err != nil {
-		return nil, fmt.Errorf("allocate %q: %w", path, err)
-	}
-	if err := checkPath(abs, dst.dev); err != nil {
-		if s, ok := err.(ErrSymlink); ok {
-			s.Path = path
-			return nil, s
-		}
-		return nil, err
 	}
 	var reclaim uint64
 	old, err := lstat(abs)

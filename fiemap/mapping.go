@@ -68,7 +68,8 @@ func Map(path string, lookup TableLookup, opts MapOptions) (*Mapping, error) {
 		return nil, fmt.Errorf("map %q: not a regular file", path)
 	}
 	if err := checkPath(abs, st.dev); err != nil {
-		if s, ok := err.(ErrSymlink); ok {
+		var s ErrSymlink
+		if errors.As(err, &s) {
 			s.Path = path
 			return nil, s
 		}
