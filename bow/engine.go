@@ -71,7 +71,7 @@ type Engine struct {
 	logCount int
 	logSeq   uint32
 	logZero  uint64 // the live block 0 as the log records it
-	pending  int // entries planned but not yet in logBuf
+	pending  int    // entries planned but not yet in logBuf
 	broken   error
 	lowWarn  bool
 	st       counters
