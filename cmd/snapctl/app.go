@@ -16,6 +16,7 @@ type app struct {
 	stateDir    string
 	json        bool
 	verbose     int
+	dryRun      bool
 	log         *slog.Logger
 }
 

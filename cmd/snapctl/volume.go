@@ -1,0 +1,621 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/snapctl/snapctl/cowsize"
+	"github.com/snapctl/snapctl/snapshot"
+)
+
+func init() {
+	register(newAttachCmd)
+	register(newDetachCmd)
+	register(newPrepareCmd)
+	register(newActivateCmd)
+	register(newStatusCmd)
+	register(newCommitCmd)
+	register(newRollbackCmd)
+	register(newMergeCmd)
+	register(newDropCmd)
+	register(newDeactivateCmd)
+	register(newGrowCmd)
+	register(newMonitorCmd)
+	registerClassifier(classifyVolumeErr)
+}
+
+// manager opens the state directory for a volume command.
+func (a *app) manager(cmd *cobra.Command) (*snapshot.Manager, error) {
+	m, err := snapshot.New(a.stateDir)
+	if err != nil {
+		return nil, err
+	}
+	m.Command = "snapctl " + strings.Join(os.Args[1:], " ")
+	m.Log = a.log
+	return m, nil
+}
+
+func newAttachCmd(a *app) *cobra.Command {
+	var origin string
+	c := &cobra.Command{
+		Use:   "attach NAME --origin DEV",
+		Short: "Create /dev/mapper/NAME over DEV so its filesystem can be snapshotted live later",
+		Long: `Attach creates /dev/mapper/NAME as a linear map of the whole origin device.
+Mount the filesystem on /dev/mapper/NAME (not on DEV): snapctl can then swap the
+table underneath for a snapshot while it stays mounted. Attaching again is a
+no-op.
+
+Example:
+  snapctl attach data --origin /dev/sdb1
+  mount /dev/mapper/data /data`,
+		Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if origin == "" {
+				return newUsageError(cmd.CommandPath(), errors.New("--origin DEV is required"))
+			}
+			m, err := a.manager(cmd)
+			if err != nil {
+				return err
+			}
+			if err := m.Attach(args[0], origin); err != nil {
+				return err
+			}
+			return a.report(m, args[0], fmt.Sprintf("attached %s as /dev/mapper/%s\n", origin, args[0]))
+		},
+	}
+	c.Flags().StringVar(&origin, "origin", "", "the origin block device")
+	return c
+}
+
+func newDetachCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "detach NAME",
+		Short: "Remove /dev/mapper/NAME of an attached volume and forget it",
+		Args:  exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			m, err := a.manager(cmd)
+			if err != nil {
+				return err
+			}
+			if err := m.Detach(args[0]); err != nil {
+				return err
+			}
+			a.printf("detached %s\n", args[0])
+			return nil
+		},
+	}
+}
+
+func newPrepareCmd(a *app) *cobra.Command {
+	var (
+		o                          snapshot.PrepareOptions
+		mode, size, chunk, maxSize string
+		changes, newImage          string
+	)
+	c := &cobra.Command{
+		Use:   "prepare NAME --origin DEV --store PATH",
+		Short: "Snapshot a volume before it changes, with a store file on an existing filesystem",
+		Long: `Prepare allocates the store file, maps its extents (FIEMAP) into NAME-cow and
+builds the snapshot over the volume, live.
+
+  checkpoint mode (default): writes keep landing on the origin and the snapshot
+    keeps the old data. commit = drop (cheap), rollback = merge.
+  update mode: the updater writes the new version into /dev/mapper/NAME, which
+    is the snapshot; the origin is untouched until the merge.
+    commit = merge, rollback = drop.
+
+--size auto sizes the store exactly (dm-snapshot's exception-store formula) for
+the change set given by --changes or --new-image; in checkpoint mode without a
+change set it takes the store filesystem's free space less a reserve (5 % or
+256 MiB, whichever is smaller), capped by --max-size. --dry-run prints every
+table and the file it would allocate and changes nothing.
+
+Examples:
+  snapctl prepare data --origin /dev/sdb1 --store /data/.snapctl-store --size auto
+  snapctl prepare system --origin /dev/sda3 --mode update --store /data/ota.cow \
+      --size auto --new-image system-v2.img`,
+		Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			o.Name, o.Mode, o.DryRun = args[0], snapshot.Mode(mode), a.dryRun
+			cb, err := cowsize.ParseBytes(chunk)
+			if err == nil {
+				err = cowsize.CheckChunk(cb)
+			}
+			if err != nil {
+				return newUsageError(cmd.CommandPath(), fmt.Errorf("--chunk-size: %w", err))
+			}
+			o.ChunkSectors = uint32(cb / 512)
+			if maxSize != "" {
+				if o.MaxBytes, err = cowsize.ParseBytes(maxSize); err != nil {
+					return newUsageError(cmd.CommandPath(), fmt.Errorf("--max-size: %w", err))
+				}
+			}
+			if changes != "" && newImage != "" {
+				return newUsageError(cmd.CommandPath(), errors.New("give --changes or --new-image, not both"))
+			}
+			switch {
+			case size == "auto":
+				if changes != "" || newImage != "" {
+					o.AutoBytes = func(cs uint32) (uint64, error) { return autoSize(cmd.Context(), a, o.Origin, changes, newImage, cs) }
+				}
+			default:
+				if o.Bytes, err = cowsize.ParseBytes(size); err != nil || o.Bytes == 0 {
+					return newUsageError(cmd.CommandPath(), fmt.Errorf("--size %q: want auto or a size like 512M", size))
+				}
+				if changes != "" || newImage != "" {
+					return newUsageError(cmd.CommandPath(), errors.New("--changes and --new-image go with --size auto"))
+				}
+			}
+			m, err := a.manager(cmd)
+			if err != nil {
+				return err
+			}
+			plan, err := m.Prepare(o)
+			if err != nil {
+				return err
+			}
+			if a.json {
+				return a.printJSON(plan)
+			}
+			verb := "prepared"
+			if plan.DryRun {
+				verb = "would prepare (dry run, nothing changed)"
+			}
+			a.printf("%s %s in %s mode\n", verb, plan.Name, plan.Mode)
+			a.printf("store: %s, %d bytes (%s), chunk %d bytes", plan.StorePath, plan.StoreBytes, plan.SizeReason, plan.ChunkBytes)
+			if plan.Extents > 0 {
+				a.printf(", %d extents", plan.Extents)
+			}
+			a.printf("\n")
+			for _, d := range []string{plan.Name + "-cow", plan.Name + "-real", plan.Name + "-base", plan.Name + "-snap", plan.Name} {
+				if t, ok := plan.Tables[d]; ok {
+					a.printf("table %s:\n  %s\n", d, strings.ReplaceAll(strings.TrimSpace(t), "\n", "\n  "))
+				}
+			}
+			return nil
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&o.Origin, "origin", "", "the origin block device (needed unless NAME is attached)")
+	f.StringVar(&o.StorePath, "store", "", "path of the store file to create (on ext4, xfs or f2fs)")
+	f.StringVar(&mode, "mode", "checkpoint", "checkpoint or update")
+	f.StringVar(&size, "size", "auto", "store size: auto, or bytes with K/M/G suffix")
+	f.StringVar(&maxSize, "max-size", "", "cap for the checkpoint-mode auto size")
+	f.StringVar(&chunk, "chunk-size", "4K", "exception chunk size, a power of two from 4K to 512K")
+	f.StringVar(&changes, "changes", "", "file of byte ranges the update writes (offset length per line), for --size auto")
+	f.StringVar(&newImage, "new-image", "", "the new image, diffed against the origin, for --size auto")
+	f.StringVar(&o.Overflow, "overflow", "invalidate", "a full store: invalidate the snapshot, or fail writes to it (PO, update mode)")
+	f.BoolVar(&a.dryRun, "dry-run", false, "print what would be done; change nothing")
+	return c
+}
+
+// autoSize is --size auto in update mode: the exact store size for the
+// change set.
+func autoSize(ctx context.Context, a *app, origin, changes, newImage string, chunkSectors uint32) (uint64, error) {
+	var (
+		s   cowsize.Size
+		err error
+	)
+	if changes != "" {
+		f, err := os.Open(changes)
+		if err != nil {
+			return 0, err
+		}
+		defer f.Close()
+		s, err = cowsize.ForRanges(f, chunkSectors*512)
+		if err != nil {
+			return 0, err
+		}
+	} else {
+		s, err = cowsize.ForImages(ctx, origin, newImage, chunkSectors*512, nil)
+		if err != nil {
+			return 0, err
+		}
+	}
+	fmt.Fprintf(a.errOut, "size auto: %d changed chunks + %d metadata chunks = %d bytes\n", s.ChangedChunks, s.MetadataChunks, s.Bytes)
+	return s.Bytes, nil
+}
+
+func newActivateCmd(a *app) *cobra.Command {
+	var o snapshot.ActivateOptions
+	c := &cobra.Command{
+		Use:   "activate [NAME...]",
+		Short: "Rebuild volumes from their state records; finish or undo interrupted operations",
+		Long: `Activate is what runs at boot, before anything mounts /dev/mapper/NAME (see
+contrib/systemd/snapctl-activate.service). For each volume (all without NAME)
+it rebuilds the device stack from the state record, resumes a merge the kernel
+was doing, runs a rollback scheduled with --at-next-activate, undoes a prepare
+that was cut short and finishes a commit, rollback, drop or grow that was cut
+short. It is also the recovery command after a crash or a killed snapctl.`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			m, err := a.manager(cmd)
+			if err != nil {
+				return err
+			}
+			m.Progress = a.mergeProgress()
+			if err := m.Activate(o, args...); err != nil {
+				return err
+			}
+			if len(args) == 0 {
+				args, _ = m.Names()
+			}
+			for _, n := range args {
+				if s, err := m.Status(n); err == nil && !a.json {
+					a.printf("%s: %s%s\n", n, s.Phase, modeSuffix(s))
+				}
+			}
+			return nil
+		},
+	}
+	c.Flags().BoolVar(&o.Wait, "wait", false, "wait for merges to finish and clean the volumes up")
+	return c
+}
+
+func modeSuffix(s *snapshot.VolumeStatus) string {
+	if s.Mode == "" {
+		return ""
+	}
+	return " (" + string(s.Mode) + " mode)"
+}
+
+func newStatusCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "status [NAME]",
+		Short: "Show volumes: mode, phase, devices and tables, store usage, merge progress",
+		Long: `Status shows, per volume: mode, phase, the devices of its stack and their
+tables, the store (path, size, extent count), its usage from the kernel (data
+chunks used, percent full, chunks left, Invalid/Overflow) and merge progress.
+--json prints a stable object per volume (schema_version 1, see docs/json.md).`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			m, err := a.manager(cmd)
+			if err != nil {
+				return err
+			}
+			names := args
+			if len(names) == 0 {
+				if names, err = m.Names(); err != nil {
+					return err
+				}
+			}
+			var all []*snapshot.VolumeStatus
+			for _, n := range names {
+				s, err := m.Status(n)
+				if err != nil {
+					return err
+				}
+				all = append(all, s)
+			}
+			if a.json {
+				if len(args) == 1 {
+					return a.printJSON(all[0])
+				}
+				return a.printJSON(all)
+			}
+			if len(all) == 0 {
+				a.printf("no volumes in %s\n", a.stateDir)
+			}
+			for _, s := range all {
+				a.printStatus(s)
+			}
+			return nil
+		},
+	}
+}
+
+func (a *app) printStatus(s *snapshot.VolumeStatus) {
+	a.printf("%s: %s%s\n", s.Name, s.Phase, modeSuffix(s))
+	if s.Step != "" {
+		a.printf("  interrupted at step %s of %q: run `snapctl activate %s`\n", s.Step, s.Command, s.Name)
+	}
+	if s.Scheduled != "" {
+		a.printf("  scheduled: %s at the next `snapctl activate`\n", s.Scheduled)
+	}
+	a.printf("  origin: %s (%s, %d bytes)\n", s.Origin.Path, s.Origin.Dev, s.Origin.Sectors*512)
+	if s.Store != nil {
+		a.printf("  store:  %s (%d bytes, chunk %d bytes, %d extents, overflow=%s)\n", s.Store.Path, s.Store.Bytes, s.Store.ChunkSectors*512, s.Extents, s.Store.Overflow)
+	}
+	if u := s.Usage; u != nil {
+		if u.State != "active" {
+			a.printf("  usage:  %s\n", strings.ToUpper(u.State))
+		} else {
+			a.printf("  usage:  %d data chunks, %.1f%% full, %d chunks left\n", u.DataChunks, u.PercentFull, u.ChunksLeft)
+		}
+	}
+	if s.MergeChunksLeft != nil {
+		a.printf("  merge:  %d chunks left to merge\n", *s.MergeChunksLeft)
+	}
+	for _, d := range s.Devices {
+		state := ""
+		if d.Suspended {
+			state = " SUSPENDED"
+		}
+		a.printf("  device %s (%s, open %d%s):\n    %s\n", d.Name, d.Dev, d.OpenCount, state, strings.ReplaceAll(strings.TrimSpace(d.Table), "\n", "\n    "))
+	}
+	for _, c := range s.Cleanup {
+		a.printf("  store file %s is left for deletion: it is deleted by the next snapctl command on %s once its filesystem is mounted\n", c, s.Name)
+	}
+}
+
+// report prints a volume's status after a command, or its JSON.
+func (a *app) report(m *snapshot.Manager, name, human string) error {
+	if a.json {
+		s, err := m.Status(name)
+		if err != nil {
+			return err
+		}
+		return a.printJSON(s)
+	}
+	a.printf("%s", human)
+	return nil
+}
+
+func newCommitCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "commit NAME",
+		Short: "Keep the change: drop the snapshot (checkpoint) or merge it (update)",
+		Long: `Commit keeps the new content. In checkpoint mode it drops the snapshot (cheap;
+the filesystem may stay mounted). In update mode it hands the snapshot over to
+snapshot-merge, live (the mounted content does not change), waits for the merge
+and collapses the stack back to linear. Either way the store file is deleted.`,
+		Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			m, err := a.manager(cmd)
+			if err != nil {
+				return err
+			}
+			m.Progress = a.mergeProgress()
+			if err := m.Commit(args[0]); err != nil {
+				return err
+			}
+			return a.report(m, args[0], fmt.Sprintf("committed %s\n", args[0]))
+		},
+	}
+}
+
+func newRollbackCmd(a *app) *cobra.Command {
+	var o snapshot.RollbackOptions
+	c := &cobra.Command{
+		Use:   "rollback NAME",
+		Short: "Return to the earlier content: merge (checkpoint) or drop (update)",
+		Long: `Rollback returns /dev/mapper/NAME to its content at prepare time. In
+checkpoint mode it merges the snapshot back into the origin; in update mode it
+drops the snapshot. The content jumps back, so the filesystem must be unmounted;
+rollback refuses while /dev/mapper/NAME is open. --at-next-activate records the
+rollback instead, for the next 'snapctl activate' (at boot, before anything
+mounts the volume).`,
+		Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			m, err := a.manager(cmd)
+			if err != nil {
+				return err
+			}
+			m.Progress = a.mergeProgress()
+			o.Wait = true
+			if err := m.Rollback(args[0], o); err != nil {
+				return err
+			}
+			msg := fmt.Sprintf("rolled back %s\n", args[0])
+			if o.AtNextActivate {
+				msg = fmt.Sprintf("rollback of %s scheduled for the next `snapctl activate`\n", args[0])
+			}
+			return a.report(m, args[0], msg)
+		},
+	}
+	c.Flags().BoolVar(&o.AtNextActivate, "at-next-activate", false, "schedule the rollback for the next activate instead of doing it now")
+	return c
+}
+
+func newMergeCmd(a *app) *cobra.Command {
+	var (
+		noWait  bool
+		offline offlineFlags
+	)
+	c := &cobra.Command{
+		Use:   "merge NAME",
+		Short: "Merge the store into the origin (kernel snapshot-merge, or --offline in userspace)",
+		Long: `Merge is the low-level verb behind checkpoint rollback and update commit. It
+hands the snapshot over to the kernel's snapshot-merge target and waits, with
+progress, until every chunk is back on the origin; then it collapses the stack
+to linear and deletes the store. --no-wait returns after the hand-over (the
+kernel goes on merging; 'snapctl merge NAME' again, or 'snapctl activate
+--wait', finishes). After a reboot mid-merge, 'snapctl activate' resumes it.
+
+--offline merges in userspace instead, with the volume deactivated: see
+'snapctl merge --offline --help'.`,
+		Args: cobra.RangeArgs(0, 1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if offline.enabled {
+				return runOfflineMergeCmd(cmd, a, args, offline)
+			}
+			if len(args) != 1 {
+				return newUsageError(cmd.CommandPath(), errors.New("merge needs NAME (or --offline with --origin and --cow)"))
+			}
+			m, err := a.manager(cmd)
+			if err != nil {
+				return err
+			}
+			m.Progress = a.mergeProgress()
+			if err := m.Merge(args[0], !noWait); err != nil {
+				return err
+			}
+			msg := fmt.Sprintf("merged %s\n", args[0])
+			if noWait {
+				msg = fmt.Sprintf("merge of %s handed over to the kernel\n", args[0])
+			}
+			return a.report(m, args[0], msg)
+		},
+	}
+	c.Flags().BoolVar(&noWait, "no-wait", false, "return once the kernel has taken the merge over")
+	offline.register(c)
+	return c
+}
+
+func newDropCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "drop NAME",
+		Short: "Drop the snapshot and delete the store (commit in checkpoint mode, rollback in update mode)",
+		Args:  exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			m, err := a.manager(cmd)
+			if err != nil {
+				return err
+			}
+			if err := m.Drop(args[0]); err != nil {
+				return err
+			}
+			return a.report(m, args[0], fmt.Sprintf("dropped the snapshot of %s\n", args[0]))
+		},
+	}
+}
+
+func newDeactivateCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "deactivate NAME",
+		Short: "Remove the volume's devices without changing its data or state",
+		Long: `Deactivate tears down /dev/mapper/NAME and its helper devices, keeping the state
+record and the store: before shutdown, or before an offline merge. A kernel merge
+under way stops and resumes at the next 'snapctl activate'.`,
+		Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			m, err := a.manager(cmd)
+			if err != nil {
+				return err
+			}
+			if err := m.Deactivate(args[0]); err != nil {
+				return err
+			}
+			a.printf("deactivated %s\n", args[0])
+			return nil
+		},
+	}
+}
+
+func newGrowCmd(a *app) *cobra.Command {
+	var by string
+	c := &cobra.Command{
+		Use:   "grow NAME --by BYTES",
+		Short: "Extend the store online",
+		Args:  exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			n, err := cowsize.ParseBytes(by)
+			if err != nil || n == 0 {
+				return newUsageError(cmd.CommandPath(), fmt.Errorf("--by %q: want a size like 256M", by))
+			}
+			m, err := a.manager(cmd)
+			if err != nil {
+				return err
+			}
+			if err := m.Grow(args[0], n); err != nil {
+				return err
+			}
+			return a.report(m, args[0], fmt.Sprintf("grew the store of %s by %s\n", args[0], by))
+		},
+	}
+	c.Flags().StringVar(&by, "by", "", "how much to add, e.g. 256M")
+	return c
+}
+
+func newMonitorCmd(a *app) *cobra.Command {
+	var o snapshot.MonitorOptions
+	c := &cobra.Command{
+		Use:   "monitor [NAME...]",
+		Short: "Watch stores and grow them before they fill (like LVM autoextend)",
+		Long: `Monitor polls every prepared volume's store (or the named ones) and grows it by
+--autoextend-percent of its size when it is --autoextend-threshold percent full.
+It warns loudly on stderr when a store cannot grow or was invalidated. It runs
+until interrupted (see contrib/systemd/snapctl-monitor.service).`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if o.Threshold <= 0 || o.Threshold > 100 || o.Percent <= 0 || o.Interval <= 0 {
+				return newUsageError(cmd.CommandPath(), errors.New("want 0 < threshold <= 100, percent > 0, interval > 0"))
+			}
+			m, err := a.manager(cmd)
+			if err != nil {
+				return err
+			}
+			o.Names = args
+			o.Report = func(v, msg string, warning bool) {
+				if warning {
+					fmt.Fprintf(a.errOut, "snapctl monitor: WARNING: %s: %s\n", v, msg)
+					return
+				}
+				fmt.Fprintf(a.errOut, "snapctl monitor: %s: %s\n", v, msg)
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return m.Monitor(ctx, o)
+		},
+	}
+	c.Flags().Float64Var(&o.Threshold, "autoextend-threshold", 70, "grow when the store is this percent full")
+	c.Flags().Float64Var(&o.Percent, "autoextend-percent", 20, "grow by this percent of the store's size")
+	c.Flags().DurationVar(&o.Interval, "interval", 2*time.Second, "how often to look")
+	return c
+}
+
+// classifyVolumeErr maps the lifecycle's typed errors to exit codes and
+// hints naming the command that fixes or continues the operation.
+func classifyVolumeErr(err error) (int, string, bool) {
+	var (
+		busy      *snapshot.ErrBusy
+		intr      *snapshot.ErrInterrupted
+		wrong     *snapshot.ErrWrongPhase
+		inUse     *snapshot.ErrInUse
+		unusable  *snapshot.ErrStoreUnusable
+		changed   *snapshot.ErrDeviceChanged
+		corrupt   *snapshot.ErrCorruptRecord
+		unknown   *snapshot.ErrUnknownVolume
+		noSpace   *snapshot.ErrNoSpace
+		onOrigin  *snapshot.ErrStoreOnOrigin
+		unsafeDir *snapshot.ErrUnsafeStateDir
+	)
+	switch {
+	case errors.As(err, &busy):
+		return exitRefused, "wait for it to finish, or check with `snapctl status " + busy.Volume + "`", true
+	case errors.As(err, &intr):
+		return exitNeedsRepair, "run `snapctl activate " + intr.Volume + "` to finish or undo it", true
+	case errors.As(err, &wrong):
+		switch wrong.Phase {
+		case snapshot.PhaseAttached:
+			return exitRefused, "prepare a snapshot first: `snapctl prepare " + wrong.Volume + " --store PATH`", true
+		case snapshot.PhasePrepared:
+			return exitRefused, "see `snapctl status " + wrong.Volume + "`; commit or rollback it first", true
+		}
+		return exitRefused, "see `snapctl status " + wrong.Volume + "`", true
+	case errors.As(err, &inUse):
+		return exitRefused, fmt.Sprintf("unmount it (`umount %s`), or schedule it for boot: `snapctl rollback %s --at-next-activate`", inUse.Device, inUse.Volume), true
+	case errors.As(err, &unusable):
+		return exitRefused, "the snapshot cannot be merged; drop it with `snapctl drop " + unusable.Volume + "`", true
+	case errors.As(err, &changed):
+		return exitRefused, "find the origin's new path, check it is the same disk, and re-attach it; snapctl will not guess", true
+	case errors.As(err, &corrupt):
+		return exitInvalidData, "inspect or restore the record from a backup; snapctl does not guess a volume's state", true
+	case errors.As(err, &unknown):
+		return exitRefused, "list volumes with `snapctl status`, or attach one with `snapctl attach " + unknown.Name + " --origin DEV`", true
+	case errors.As(err, &noSpace):
+		return exitRefused, "give a smaller --size, free space, or put the store on another filesystem", true
+	case errors.As(err, &onOrigin):
+		return exitRefused, "put the store on a filesystem on another device", true
+	case errors.As(err, &unsafeDir):
+		return exitRefused, "use --state-dir (or SNAPCTL_STATE_DIR) with a root-owned 0700 directory on a device that is not snapshotted", true
+	}
+	return 0, "", false
+}
+
+// mergeProgress draws a merge's progress on stderr (see copyProgress).
+func (a *app) mergeProgress() func(snapshot.MergeProgress) {
+	var p *progress
+	return func(mp snapshot.MergeProgress) {
+		if p == nil {
+			p = newProgress(a.errOut, "merging "+mp.Volume)
+		}
+		p.update(int64(mp.Total-mp.Remaining)*512, int64(mp.Total)*512)
+	}
+}

@@ -1,0 +1,95 @@
+package snapshot
+
+import "fmt"
+
+// ErrInterrupted is a volume whose last operation was cut short (killed,
+// power cut). Activate, or the same command again, finishes or undoes it.
+type ErrInterrupted struct {
+	Volume  string
+	Phase   Phase
+	Step    string
+	Command string
+}
+
+func (e *ErrInterrupted) Error() string {
+	return fmt.Sprintf("volume %q has an interrupted operation (%s, at step %s, started by %q)", e.Volume, e.Phase, e.Step, e.Command)
+}
+
+// ErrWrongPhase is an operation that does not apply to the volume's phase.
+type ErrWrongPhase struct {
+	Volume string
+	Op     string
+	Phase  Phase
+	Mode   Mode
+}
+
+func (e *ErrWrongPhase) Error() string {
+	switch e.Phase {
+	case PhaseAttached:
+		return fmt.Sprintf("%s %q: the volume has no snapshot (it is only attached)", e.Op, e.Volume)
+	case PhasePrepared:
+		return fmt.Sprintf("%s %q: the volume is already prepared (%s mode)", e.Op, e.Volume, e.Mode)
+	}
+	return fmt.Sprintf("%s %q: not possible while the volume is %s", e.Op, e.Volume, e.Phase)
+}
+
+// ErrInUse is an operation that would change the content under an open
+// device (a mounted filesystem).
+type ErrInUse struct {
+	Volume    string
+	Device    string
+	OpenCount int32
+	Op        string
+}
+
+func (e *ErrInUse) Error() string {
+	return fmt.Sprintf("%s %q: %s is open (%d holders, a mounted filesystem?); its content would change underneath", e.Op, e.Volume, e.Device, e.OpenCount)
+}
+
+// ErrStoreUnusable is a store the kernel invalidated or found full: its
+// snapshot no longer holds a complete earlier image and must not be merged.
+type ErrStoreUnusable struct {
+	Volume string
+	State  string // "invalid", "overflow", "merge failed", or "bad header"
+}
+
+func (e *ErrStoreUnusable) Error() string {
+	switch e.State {
+	case "overflow":
+		return fmt.Sprintf("volume %q: the store is full (Overflow): writes to the snapshot failed, so it does not hold the complete update; it must not be merged", e.Volume)
+	case "merge failed":
+		return fmt.Sprintf("volume %q: the kernel reports Merge failed (an I/O error during the merge); the store is kept", e.Volume)
+	}
+	return fmt.Sprintf("volume %q: the store is invalid (%s): the kernel dropped the snapshot, most likely because the store ran full; its earlier image is lost and merging it would do nothing", e.Volume, e.State)
+}
+
+// ErrDeviceChanged is an origin whose path now names another device than
+// the one recorded (renumbered after a reboot, or replaced).
+type ErrDeviceChanged struct {
+	Volume   string
+	Path     string
+	Recorded string
+	Now      string
+}
+
+func (e *ErrDeviceChanged) Error() string {
+	return fmt.Sprintf("volume %q: origin %s was %s when recorded and is %s now; refusing to map a different device", e.Volume, e.Path, e.Recorded, e.Now)
+}
+
+// ErrNoSpace is a store that does not fit its filesystem.
+type ErrNoSpace struct {
+	Path       string
+	Need, Free uint64
+}
+
+func (e *ErrNoSpace) Error() string {
+	return fmt.Sprintf("store %s needs %d bytes, its filesystem has %d free", e.Path, e.Need, e.Free)
+}
+
+// ErrStoreOnOrigin is a store placed where it must not be.
+type ErrStoreOnOrigin struct {
+	Path   string
+	Reason string
+}
+
+func (e *ErrStoreOnOrigin) Error() string { return fmt.Sprintf("store %s: %s", e.Path, e.Reason) }

@@ -1,0 +1,111 @@
+package snapshot
+
+import (
+	"fmt"
+
+	"github.com/snapctl/snapctl/dmtable"
+)
+
+// devInfo is what the lifecycle needs to know about one DM device.
+type devInfo struct {
+	Exists    bool
+	Suspended bool
+	Live      bool // a live table is loaded
+	Inactive  bool // an inactive table is loaded
+	OpenCount int32
+	Dev       string // "major:minor"
+}
+
+// snapStatus is the parsed status of a snapshot or snapshot-merge target.
+type snapStatus struct {
+	State     string // "active", "invalid", "merge failed", "overflow", "unknown"
+	Allocated uint64 // sectors in use, metadata included
+	Total     uint64 // sectors of the store
+	Metadata  uint64 // sectors of metadata
+}
+
+func (s snapStatus) ok() bool { return s.State == "active" }
+
+// merged reports a snapshot-merge that has nothing left to merge.
+func (s snapStatus) merged() bool { return s.ok() && s.Allocated == s.Metadata }
+
+// kernel is the device-mapper as the lifecycle uses it. The real one is
+// dmtable's ioctl client; unit tests of the crash logic use a model.
+type kernel interface {
+	info(name string) (devInfo, error)
+	create(name string) (dev string, err error)
+	load(name string, t dmtable.Table) error
+	suspend(name string) error
+	resume(name string) error
+	remove(name string) error
+	table(name string) (dmtable.Table, error)
+	status(name string) (snapStatus, error)
+	// zeroHeader writes n zero bytes at the start of /dev/mapper/name with
+	// O_DIRECT, which initialises a persistent exception store.
+	zeroHeader(name string, n int) error
+	// readHeader reads the store header through /dev/mapper/name.
+	readHeader(name string) (magic, valid uint32, err error)
+}
+
+// storeFS is the file system side of the store: the real one allocates
+// with fallocate, maps with FIEMAP and resolves down DM linear stacks.
+type storeFS interface {
+	// devOf is the "major:minor" and size in sectors of a block device path.
+	devOf(path string) (dev string, sectors uint64, err error)
+	// fsOf is the filesystem holding path (which need not exist yet): its
+	// device, its free and total bytes.
+	fsOf(path string) (dev string, free, total uint64, err error)
+	// allocate creates path (O_EXCL) of the given size, fully allocated and
+	// immutable, and returns its inode.
+	allocate(path string, bytes uint64, chunkSectors uint32) (inode uint64, err error)
+	// extend grows the store file at path (inode) to bytes.
+	extend(path string, inode uint64, bytes uint64) error
+	// segments maps the file's extents to raw-device segments.
+	segments(path string, inode uint64, chunkSectors uint32) ([]Segment, error)
+	// release deletes the store file if its path still holds its inode;
+	// reachable is false when its filesystem is not mounted (delete later).
+	release(s Store) (reachable bool, err error)
+	// removePartial deletes a store file that prepare may have left before it
+	// could record the inode: only an empty or exactly sized, non-immutable
+	// regular file.
+	removePartial(path string, bytes uint64) error
+}
+
+// Tables of the stack.
+
+func linearTable(origin Device) dmtable.Table {
+	return dmtable.Table{dmtable.Linear(0, origin.Sectors, origin.Dev, 0)}
+}
+
+func cowTable(s *Store) dmtable.Table {
+	var t dmtable.Table
+	var at uint64
+	for _, seg := range s.Segments {
+		t = append(t, dmtable.Linear(at, seg.Length, seg.Dev, seg.Offset))
+		at += seg.Length
+	}
+	return t
+}
+
+func persistence(s *Store) string {
+	if s.Overflow == "fail" {
+		return "PO"
+	}
+	return "P"
+}
+
+func snapshotTable(sectors uint64, origin, cow string, s *Store) dmtable.Table {
+	return dmtable.Table{{Start: 0, Length: sectors, Type: "snapshot",
+		Params: fmt.Sprintf("%s %s %s %d", origin, cow, persistence(s), s.ChunkSectors)}}
+}
+
+func originTable(sectors uint64, real string) dmtable.Table {
+	return dmtable.Table{{Start: 0, Length: sectors, Type: "snapshot-origin", Params: real}}
+}
+
+func mergeTable(sectors uint64, origin, cow string, s *Store) dmtable.Table {
+	return dmtable.Table{{Start: 0, Length: sectors, Type: "snapshot-merge",
+		Params: fmt.Sprintf("%s %s P %d", origin, cow, s.ChunkSectors)}}
+}
+
+func mapperPath(name string) string { return "/dev/mapper/" + name }

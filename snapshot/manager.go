@@ -1,0 +1,236 @@
+package snapshot
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-multierror"
+)
+
+// Manager runs volume operations against one state directory.
+type Manager struct {
+	Dir string
+	// Command is the command line recorded as the holder of a volume and as
+	// the starter of its operations, for messages to other snapctl runs.
+	Command string
+	Log     *slog.Logger
+	// Poll is how often a merge's status is read; the kernel raises no event
+	// for merge completion.
+	Poll time.Duration
+	// Progress, if set, is called while a merge is waited for.
+	Progress func(MergeProgress)
+
+	k  kernel
+	fs storeFS
+}
+
+// MergeProgress is one reading of a merge under way.
+type MergeProgress struct {
+	Volume     string
+	Total      uint64 // data sectors to merge when the wait began
+	Remaining  uint64 // data sectors not yet merged
+	ChunkBytes uint64
+}
+
+// New opens (creating it 0700 if needed) the state directory dir.
+func New(dir string) (*Manager, error) {
+	if err := openStateDir(dir); err != nil {
+		return nil, err
+	}
+	return &Manager{Dir: dir, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Poll: 100 * time.Millisecond,
+		k: dmKernel{}, fs: fileStore{}}, nil
+}
+
+// volume is a locked volume with its record.
+type volume struct {
+	m   *Manager
+	rec *Record
+	lk  *volumeLock
+}
+
+func (m *Manager) lock(name string) (*volume, error) {
+	if err := CheckName(name); err != nil {
+		return nil, err
+	}
+	lk, err := lockVolume(m.Dir, name, m.Command)
+	if err != nil {
+		return nil, err
+	}
+	return &volume{m: m, lk: lk}, nil
+}
+
+// open locks a volume and reads its record.
+func (m *Manager) open(name string) (*volume, error) {
+	v, err := m.lock(name)
+	if err != nil {
+		return nil, err
+	}
+	rec, err := readRecord(m.Dir, name)
+	if err != nil {
+		v.close()
+		return nil, err
+	}
+	v.rec = rec
+	return v, nil
+}
+
+func (v *volume) close() { v.lk.unlock() }
+
+func (v *volume) name() string { return v.rec.Name }
+
+func (v *volume) save() error { return writeRecord(v.m.Dir, v.rec) }
+
+// step records, before acting, that the operation is about to run step in
+// phase (write-ahead); then gives the crash-test hook its chance.
+func (v *volume) step(phase Phase, step string) error {
+	v.rec.Phase, v.rec.Step = phase, step
+	if phase.Busy() && v.rec.Command == "" {
+		v.rec.Command = v.m.Command
+	}
+	if err := v.save(); err != nil {
+		return err
+	}
+	v.m.Log.Debug("state", "volume", v.name(), "phase", phase, "step", step)
+	crashPoint(step)
+	return nil
+}
+
+// settle records a stable phase at the end of an operation.
+func (v *volume) settle(phase Phase, event, detail string) error {
+	v.rec.Phase, v.rec.Step, v.rec.Command = phase, "", ""
+	v.rec.event(event, detail)
+	return v.save()
+}
+
+// crashPoint kills snapctl with SIGKILL when SNAPCTL_TEST_CRASH_AT names
+// this step, or when SNAPCTL_TEST_CRASH_AFTER counts down to it. It lets the
+// end-to-end tests kill snapctl at every step boundary of an operation,
+// exactly as a power cut or an OOM kill would.
+var crashCount int
+
+func crashPoint(step string) {
+	if at := os.Getenv("SNAPCTL_TEST_CRASH_AT"); at != "" && at == step {
+		fmt.Fprintf(os.Stderr, "snapctl: test hook: killed at step %s\n", step)
+		syscall.Kill(os.Getpid(), syscall.SIGKILL)
+	}
+	if n, err := strconv.Atoi(os.Getenv("SNAPCTL_TEST_CRASH_AFTER")); err == nil {
+		crashCount++
+		if crashCount == n {
+			fmt.Fprintf(os.Stderr, "snapctl: test hook: killed at step %d (%s)\n", n, step)
+			syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		}
+	}
+}
+
+// checkOrigin verifies that the recorded origin path still names the
+// recorded device with the recorded size.
+func (v *volume) checkOrigin() error {
+	dev, sectors, err := v.m.fs.devOf(v.rec.Origin.Path)
+	if err != nil {
+		return fmt.Errorf("volume %q: origin: %w", v.name(), err)
+	}
+	if dev != v.rec.Origin.Dev || sectors != v.rec.Origin.Sectors {
+		return &ErrDeviceChanged{Volume: v.name(), Path: v.rec.Origin.Path,
+			Recorded: fmt.Sprintf("%s, %d sectors", v.rec.Origin.Dev, v.rec.Origin.Sectors),
+			Now:      fmt.Sprintf("%s, %d sectors", dev, sectors)}
+	}
+	return nil
+}
+
+// Attach creates /dev/mapper/NAME as a linear map of origin, so that a
+// filesystem can be mounted on it and snapshotted live later. Attaching an
+// attached volume again is a no-op.
+func (m *Manager) Attach(name, origin string) error {
+	v, err := m.lock(name)
+	if err != nil {
+		return err
+	}
+	defer v.close()
+	rec, err := readRecord(m.Dir, name)
+	var unknown *ErrUnknownVolume
+	switch {
+	case errors.As(err, &unknown):
+		dev, sectors, err := m.fs.devOf(origin)
+		if err != nil {
+			return fmt.Errorf("attach %q: %w", name, err)
+		}
+		v.rec = &Record{Name: name, Phase: PhaseAttached, Origin: Device{Path: origin, Dev: dev, Sectors: sectors}}
+	case err != nil:
+		return err
+	default:
+		v.rec = rec
+		if rec.Origin.Path != origin {
+			if dev, _, err := m.fs.devOf(origin); err != nil || dev != rec.Origin.Dev {
+				return fmt.Errorf("attach %q: the volume is attached to %s, not %s", name, rec.Origin.Path, origin)
+			}
+		}
+		if rec.Phase != PhaseAttached {
+			return m.activate(v)
+		}
+	}
+	if err := v.checkOrigin(); err != nil {
+		return err
+	}
+	if err := v.ensure(name, linearTable(v.rec.Origin)); err != nil {
+		return fmt.Errorf("attach %q: %w", name, err)
+	}
+	if len(v.rec.History) == 0 {
+		v.rec.event("attach", v.rec.Origin.Path)
+	}
+	return v.save()
+}
+
+
+// Detach forgets an attached volume: it removes /dev/mapper/NAME (which must
+// not be open) and the state record.
+func (m *Manager) Detach(name string) error {
+	v, err := m.open(name)
+	if err != nil {
+		return err
+	}
+	defer v.close()
+	if v.rec.Phase != PhaseAttached {
+		return &ErrWrongPhase{Volume: name, Op: "detach", Phase: v.rec.Phase, Mode: v.rec.Mode}
+	}
+	if err := v.removeIfExists(name); err != nil {
+		return fmt.Errorf("detach %q: %w", name, err)
+	}
+	if err := os.Remove(recordPath(m.Dir, name)); err != nil {
+		return fmt.Errorf("detach %q: %w", name, err)
+	}
+	os.Remove(filepath.Join(m.Dir, name+".lock"))
+	return nil
+}
+
+// Names lists the volumes with a state record, sorted.
+func (m *Manager) Names() ([]string, error) {
+	ents, err := os.ReadDir(m.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("list volumes in %s: %w", m.Dir, err)
+	}
+	var names []string
+	for _, e := range ents {
+		if n, ok := strings.CutSuffix(e.Name(), ".json"); ok && !strings.HasPrefix(n, ".") {
+			names = append(names, n)
+		}
+	}
+	sort.Strings(names)
+	return names, nil
+}
+
+// joinErr keeps both the operation's error and the error of undoing it.
+func joinErr(err, undo error) error {
+	if undo == nil {
+		return err
+	}
+	return multierror.Append(err, fmt.Errorf("undo: %w", undo))
+}

@@ -1,0 +1,192 @@
+package snapshot
+
+import (
+	"fmt"
+
+	"github.com/snapctl/snapctl/dmtable"
+)
+
+// sameTable compares tables by what the kernel reports: device paths in
+// our tables are already "major:minor", so the text forms match.
+func sameTable(a, b dmtable.Table) bool { return a.String() == b.String() }
+
+// liveType is the target type of the single-target live table of name, or
+// "" when the device does not exist or has no live table.
+func (v *volume) liveType(name string) (string, error) {
+	inf, err := v.m.k.info(name)
+	if err != nil || !inf.Exists || !inf.Live {
+		return "", err
+	}
+	t, err := v.m.k.table(name)
+	if err != nil {
+		return "", err
+	}
+	if len(t) == 0 {
+		return "", nil
+	}
+	return t[0].Type, nil
+}
+
+// ensure makes device name exist with table t live and not suspended. It
+// is idempotent: a device already in that state is left alone.
+func (v *volume) ensure(name string, t dmtable.Table) error {
+	inf, err := v.m.k.info(name)
+	if err != nil {
+		return err
+	}
+	if !inf.Exists {
+		if _, err := v.m.k.create(name); err != nil {
+			return err
+		}
+		inf.Exists = true
+	}
+	if inf.Live {
+		cur, err := v.m.k.table(name)
+		if err != nil {
+			return err
+		}
+		if sameTable(cur, t) {
+			if inf.Suspended {
+				return v.m.k.resume(name)
+			}
+			return nil
+		}
+	}
+	if err := v.m.k.load(name, t); err != nil {
+		return err
+	}
+	return v.m.k.resume(name)
+}
+
+// removeIfExists removes device name if it exists.
+func (v *volume) removeIfExists(name string) error {
+	inf, err := v.m.k.info(name)
+	if err != nil || !inf.Exists {
+		return err
+	}
+	return v.m.k.remove(name)
+}
+
+// suspendIfNeeded suspends device name unless it is already suspended.
+func (v *volume) suspendIfNeeded(name string) error {
+	inf, err := v.m.k.info(name)
+	if err != nil {
+		return err
+	}
+	if !inf.Exists || inf.Suspended {
+		return nil
+	}
+	return v.m.k.suspend(name)
+}
+
+// collapse brings NAME back to `linear DEV 0` from whatever snapshot table
+// it has, removing NAME-snap while NAME (the origin) is suspended, as the
+// kernel requires whenever a snapshot is unloaded. Idempotent.
+func (v *volume) collapse() error {
+	name := v.name()
+	want := linearTable(v.rec.Origin)
+	inf, err := v.m.k.info(name)
+	if err != nil {
+		return err
+	}
+	if !inf.Exists {
+		return v.ensure(name, want)
+	}
+	if inf.Live {
+		cur, err := v.m.k.table(name)
+		if err != nil {
+			return err
+		}
+		if sameTable(cur, want) {
+			if err := v.removeIfExists(snapName(name)); err != nil {
+				return err
+			}
+			if inf.Suspended {
+				return v.m.k.resume(name)
+			}
+			return nil
+		}
+	}
+	if err := v.suspendIfNeeded(name); err != nil {
+		return fmt.Errorf("suspend %q: %w", name, err)
+	}
+	if err := v.removeIfExists(snapName(name)); err != nil {
+		return err
+	}
+	if err := v.m.k.load(name, want); err != nil {
+		return err
+	}
+	return v.m.k.resume(name)
+}
+
+// removeStack removes the helper devices of the volume's stack.
+func (v *volume) removeStack() error {
+	name := v.name()
+	for _, d := range []string{snapName(name), realName(name), baseName(name), cowName(name)} {
+		if err := v.removeIfExists(d); err != nil {
+			return fmt.Errorf("remove %q: %w", d, err)
+		}
+	}
+	return nil
+}
+
+// releaseStore deletes the store file, or keeps it in the record's cleanup
+// list when its filesystem is not mounted (rollback of a checkpoint whose
+// store lives on the origin's own filesystem, which is unmounted).
+func (v *volume) releaseStore() error {
+	s := v.rec.Store
+	if s == nil {
+		return nil
+	}
+	if s.Inode == 0 {
+		if err := v.m.fs.removePartial(s.Path, s.Bytes); err != nil {
+			return err
+		}
+	} else {
+		reachable, err := v.m.fs.release(*s)
+		if err != nil {
+			return err
+		}
+		if !reachable {
+			v.rec.Cleanup = append(v.rec.Cleanup, *s)
+		}
+	}
+	v.rec.Store, v.rec.Mode, v.rec.Created = nil, "", false
+	return nil
+}
+
+// cleanup deletes store files left for later whose filesystem is back.
+func (v *volume) cleanup() {
+	var keep []Store
+	for _, s := range v.rec.Cleanup {
+		if ok, err := v.m.fs.release(s); err != nil || !ok {
+			keep = append(keep, s)
+		}
+	}
+	v.rec.Cleanup = keep
+}
+
+// cowDev, snapshot origin, and table helpers for the current mode.
+func (v *volume) originHelper() string {
+	if v.rec.Mode == Update {
+		return baseName(v.name())
+	}
+	return realName(v.name())
+}
+
+// buildLower makes NAME-cow and NAME-real/NAME-base exist and be live.
+func (v *volume) buildLower() error {
+	name := v.name()
+	if err := v.ensure(cowName(name), cowTable(v.rec.Store)); err != nil {
+		return fmt.Errorf("build %q: %w", cowName(name), err)
+	}
+	if err := v.ensure(v.originHelper(), linearTable(v.rec.Origin)); err != nil {
+		return fmt.Errorf("build %q: %w", v.originHelper(), err)
+	}
+	return nil
+}
+
+func (v *volume) mergeTable() dmtable.Table {
+	name := v.name()
+	return mergeTable(v.rec.Origin.Sectors, mapperPath(v.originHelper()), mapperPath(cowName(name)), v.rec.Store)
+}

@@ -1,0 +1,286 @@
+package snapshot
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+)
+
+// FormatVersion is the version of the state record's JSON form.
+const FormatVersion = 1
+
+// Mode says where writes land while a volume is prepared.
+type Mode string
+
+const (
+	// Checkpoint: writes land on the origin; the snapshot keeps the old data.
+	Checkpoint Mode = "checkpoint"
+	// Update: writes land in the snapshot; the origin is written by the merge.
+	Update Mode = "update"
+)
+
+// Phase is where a volume is in its life cycle. The phases ending in -ing
+// are operations under way; a record found in one of them after a crash is
+// finished (or, for preparing, undone) by Activate.
+type Phase string
+
+const (
+	PhaseAttached  Phase = "attached"  // NAME = linear DEV 0, no snapshot
+	PhasePreparing Phase = "preparing" // building the snapshot; undone on recovery
+	PhasePrepared  Phase = "prepared"  // the snapshot is live
+	PhaseGrowing   Phase = "growing"   // the store is being extended; finished on recovery
+	PhaseMerging   Phase = "merging"   // merging the store into the origin; finished on recovery
+	PhaseDropping  Phase = "dropping"  // dropping the snapshot; finished on recovery
+)
+
+// Busy reports whether the phase is an operation under way.
+func (p Phase) Busy() bool {
+	switch p {
+	case PhasePreparing, PhaseGrowing, PhaseMerging, PhaseDropping:
+		return true
+	}
+	return false
+}
+
+// Device identifies a block device by the path the user gave, the device
+// number it had then, and its size, so a renumbered device is detected.
+type Device struct {
+	Path    string `json:"path"`
+	Dev     string `json:"dev"` // "major:minor"
+	Sectors uint64 `json:"sectors"`
+}
+
+// Segment is one piece of the store on a raw device: Length sectors at
+// Offset of device Dev ("major:minor").
+type Segment struct {
+	Dev    string `json:"dev"`
+	Offset uint64 `json:"offset"`
+	Length uint64 `json:"length"`
+}
+
+// Store is the exception store: a file whose extents are mapped, through
+// NAME-cow, on the raw devices beneath its filesystem.
+type Store struct {
+	Path         string    `json:"path"`
+	FSDev        string    `json:"fs_dev"` // device of the filesystem holding the file
+	Inode        uint64    `json:"inode"`
+	Bytes        uint64    `json:"bytes"`
+	ChunkSectors uint32    `json:"chunk_sectors"`
+	Backend      string    `json:"backend"`  // "fiemap"
+	Overflow     string    `json:"overflow"` // "invalidate" or "fail" (PO)
+	Segments     []Segment `json:"segments"`
+}
+
+// Sectors is the size of the mapped store.
+func (s *Store) Sectors() uint64 {
+	var n uint64
+	for _, seg := range s.Segments {
+		n += seg.Length
+	}
+	return n
+}
+
+// Event is one line of a volume's history.
+type Event struct {
+	Time   time.Time `json:"time"`
+	Event  string    `json:"event"`
+	Detail string    `json:"detail,omitempty"`
+}
+
+// Record is the persisted state of one volume.
+type Record struct {
+	Format int    `json:"format"`
+	Name   string `json:"name"`
+	Mode   Mode   `json:"mode,omitempty"`
+	Phase  Phase  `json:"phase"`
+	// Step is the step of the operation under way that was about to run
+	// (write-ahead), for diagnostics and the crash-test hook.
+	Step string `json:"step,omitempty"`
+	// Command is the command that started the operation under way.
+	Command string `json:"command,omitempty"`
+	// Created says NAME did not exist before prepare created it (update mode
+	// on a volume that was never attached): undoing prepare removes it.
+	Created bool `json:"created,omitempty"`
+	// Scheduled is an operation to run at the next activate ("rollback").
+	Scheduled string  `json:"scheduled,omitempty"`
+	Origin    Device  `json:"origin"`
+	Store     *Store  `json:"store,omitempty"`
+	Cleanup   []Store `json:"cleanup,omitempty"` // store files to delete once reachable
+	History   []Event `json:"history,omitempty"`
+}
+
+func (r *Record) event(name, detail string) {
+	r.History = append(r.History, Event{Time: time.Now().UTC(), Event: name, Detail: detail})
+	if len(r.History) > 100 {
+		r.History = r.History[len(r.History)-100:]
+	}
+}
+
+// Device names of a volume's stack.
+func cowName(v string) string  { return v + "-cow" }
+func realName(v string) string { return v + "-real" }
+func snapName(v string) string { return v + "-snap" }
+func baseName(v string) string { return v + "-base" }
+
+var validName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.+-]*$`)
+
+// CheckName refuses a volume name that cannot be a device-mapper name with
+// snapctl's suffixes, or a state file name.
+func CheckName(name string) error {
+	if len(name) == 0 || len(name)+len("-real") > 127 {
+		return fmt.Errorf("volume name %q: want 1 to 122 bytes (device-mapper names are at most 127 with snapctl's suffixes)", name)
+	}
+	if !validName.MatchString(name) {
+		return fmt.Errorf("volume name %q: use letters, digits and . _ + - (no slash, no leading punctuation)", name)
+	}
+	for _, suffix := range []string{"-cow", "-real", "-snap", "-base"} {
+		if strings.HasSuffix(name, suffix) {
+			return fmt.Errorf("volume name %q: must not end in %q, which snapctl uses for its own devices", name, suffix)
+		}
+	}
+	return nil
+}
+
+// ErrCorruptRecord is a state record that cannot be trusted. snapctl never
+// guesses: the user must look at it.
+type ErrCorruptRecord struct {
+	Path string
+	Err  error
+}
+
+func (e *ErrCorruptRecord) Error() string {
+	return fmt.Sprintf("state record %s is unreadable or corrupt: %v", e.Path, e.Err)
+}
+func (e *ErrCorruptRecord) Unwrap() error { return e.Err }
+
+// ErrUnknownVolume is a volume with no state record.
+type ErrUnknownVolume struct{ Name, Dir string }
+
+func (e *ErrUnknownVolume) Error() string {
+	return fmt.Sprintf("volume %q is unknown (no state record in %s)", e.Name, e.Dir)
+}
+
+func recordPath(dir, name string) string { return filepath.Join(dir, name+".json") }
+
+// readRecord loads and checks a volume's record.
+func readRecord(dir, name string) (*Record, error) {
+	p := recordPath(dir, name)
+	b, err := os.ReadFile(p)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, &ErrUnknownVolume{Name: name, Dir: dir}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read state record %s: %w", p, err)
+	}
+	return parseRecord(p, name, b)
+}
+
+// parseRecord decodes a record strictly and checks its invariants.
+func parseRecord(path, name string, b []byte) (*Record, error) {
+	var r Record
+	dec := json.NewDecoder(strings.NewReader(string(b)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&r); err != nil {
+		return nil, &ErrCorruptRecord{Path: path, Err: err}
+	}
+	if dec.More() {
+		return nil, &ErrCorruptRecord{Path: path, Err: errors.New("trailing data after the record")}
+	}
+	if err := r.check(name); err != nil {
+		return nil, &ErrCorruptRecord{Path: path, Err: err}
+	}
+	return &r, nil
+}
+
+func (r *Record) check(name string) error {
+	if r.Format != FormatVersion {
+		return fmt.Errorf("format %d, this snapctl reads format %d", r.Format, FormatVersion)
+	}
+	if r.Name != name {
+		return fmt.Errorf("record names volume %q, file is for %q", r.Name, name)
+	}
+	switch r.Phase {
+	case PhaseAttached, PhasePreparing, PhasePrepared, PhaseGrowing, PhaseMerging, PhaseDropping:
+	default:
+		return fmt.Errorf("unknown phase %q", r.Phase)
+	}
+	if r.Origin.Path == "" || r.Origin.Dev == "" || r.Origin.Sectors == 0 {
+		return errors.New("origin device is missing")
+	}
+	if r.Phase != PhaseAttached {
+		if r.Mode != Checkpoint && r.Mode != Update {
+			return fmt.Errorf("unknown mode %q", r.Mode)
+		}
+		if r.Store == nil {
+			return fmt.Errorf("phase %s without a store", r.Phase)
+		}
+	}
+	if s := r.Store; s != nil {
+		if s.ChunkSectors == 0 || s.ChunkSectors&(s.ChunkSectors-1) != 0 {
+			return fmt.Errorf("store chunk size %d sectors is not a power of two", s.ChunkSectors)
+		}
+		if r.Phase != PhasePreparing && len(s.Segments) == 0 {
+			return errors.New("store has no extents")
+		}
+		for i, seg := range s.Segments {
+			if seg.Length == 0 || seg.Dev == "" {
+				return fmt.Errorf("store segment %d is empty", i)
+			}
+		}
+	}
+	return nil
+}
+
+// writeRecord replaces the record atomically: temp file, fsync, rename,
+// fsync of the directory. A crash leaves either the old or the new record.
+func writeRecord(dir string, r *Record) error {
+	r.Format = FormatVersion
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	b = append(b, '\n')
+	return atomicWrite(recordPath(dir, r.Name), b)
+}
+
+func atomicWrite(path string, b []byte) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp)
+	if err := f.Chmod(0o600); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("sync %s: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("replace %s: %w", path, err)
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("sync directory %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync directory %s: %w", dir, err)
+	}
+	return nil
+}

@@ -1,0 +1,202 @@
+package snapshot
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"syscall"
+
+	"github.com/snapctl/snapctl/dmtable"
+	"github.com/snapctl/snapctl/fiemap"
+)
+
+// fileStore is the real storeFS: fallocate, FIEMAP, and resolution of the
+// extents down the DM linear stack under the file's filesystem.
+type fileStore struct{}
+
+func (fileStore) devOf(path string) (string, uint64, error) {
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		return "", 0, fmt.Errorf("stat %s: %w", path, err)
+	}
+	if st.Mode&syscall.S_IFMT != syscall.S_IFBLK {
+		return "", 0, fmt.Errorf("%s is not a block device", path)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return "", 0, err
+	}
+	defer f.Close()
+	size, err := f.Seek(0, io.SeekEnd)
+	if err != nil {
+		return "", 0, fmt.Errorf("size of %s: %w", path, err)
+	}
+	return devString(st.Rdev), uint64(size) / 512, nil
+}
+
+func (fileStore) fsOf(path string) (string, uint64, uint64, error) {
+	dir := filepath.Dir(path)
+	fs, err := fiemap.StatFS(dir)
+	if err != nil {
+		return "", 0, 0, err
+	}
+	if err := fiemap.CheckFSType(dir, fs.Magic); err != nil {
+		return "", 0, 0, err
+	}
+	var sfs syscall.Statfs_t
+	if err := syscall.Statfs(dir, &sfs); err != nil {
+		return "", 0, 0, fmt.Errorf("statfs %s: %w", dir, err)
+	}
+	return fs.Dev, sfs.Bavail * uint64(sfs.Bsize), sfs.Blocks * uint64(sfs.Bsize), nil
+}
+
+func (fileStore) allocate(path string, bytes uint64, chunkSectors uint32) (uint64, error) {
+	f, err := fiemap.Allocate(path, bytes, fiemap.AllocateOptions{ChunkSize: uint64(chunkSectors) * 512})
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	ino, err := inodeOf(f)
+	if err != nil {
+		return 0, err
+	}
+	// Immutable: nothing may write, truncate, move or delete the store's
+	// blocks while the kernel writes them through the raw device.
+	if err := fiemap.SetImmutable(f, true); err != nil {
+		return ino, err
+	}
+	return ino, nil
+}
+
+func inodeOf(f *os.File) (uint64, error) {
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
+		return 0, fmt.Errorf("stat %s: %w", f.Name(), err)
+	}
+	return st.Ino, nil
+}
+
+// openStore opens the store file and checks it is the recorded inode.
+func openStore(path string, inode uint64) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	ino, err := inodeOf(f)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	if ino != inode {
+		f.Close()
+		return nil, fmt.Errorf("store %s is inode %d, the volume's store was inode %d: it was replaced", path, ino, inode)
+	}
+	return f, nil
+}
+
+func (fileStore) extend(path string, inode, bytes uint64) error {
+	f, err := openStore(path, inode)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := fiemap.SetImmutable(f, false); err != nil {
+		return err
+	}
+	// fallocate needs a writable descriptor.
+	w, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", f.Fd()), os.O_WRONLY, 0)
+	if err == nil {
+		err = syscall.Fallocate(int(w.Fd()), 0, 0, int64(bytes))
+		if err == nil {
+			err = w.Sync()
+		}
+		w.Close()
+	}
+	if ierr := fiemap.SetImmutable(f, true); err == nil {
+		err = ierr
+	}
+	if err != nil {
+		return fmt.Errorf("extend store %s to %d bytes: %w", path, bytes, err)
+	}
+	return nil
+}
+
+func (fileStore) segments(path string, inode uint64, chunkSectors uint32) ([]Segment, error) {
+	f, err := openStore(path, inode)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	exts, err := fiemap.Extents(f)
+	if err != nil {
+		return nil, err
+	}
+	fs, err := fiemap.StatFS(path)
+	if err != nil {
+		return nil, err
+	}
+	segs, err := fiemap.Resolve(exts, fs.Major, fs.Minor, dmtable.TableByDev)
+	if err != nil {
+		var dm fiemap.ErrDirectMount
+		if errors.As(err, &dm) && dm.Path == "" {
+			dm.Path = path
+			return nil, dm
+		}
+		return nil, err
+	}
+	if len(segs) > 0 {
+		maj, min, err := dmtable.ParseDevNum(segs[0].Dev)
+		if err != nil {
+			return nil, err
+		}
+		lim, err := fiemap.DeviceLimits(maj, min)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := fiemap.CheckAlignment(path, fs.Dev, exts, segs, lim, uint64(chunkSectors)*512); err != nil {
+			return nil, err
+		}
+	}
+	out := make([]Segment, len(segs))
+	for i, s := range segs {
+		out[i] = Segment{Dev: s.Dev, Offset: s.DevOffset, Length: s.Length}
+	}
+	return out, nil
+}
+
+func (fileStore) release(s Store) (bool, error) {
+	var st syscall.Stat_t
+	err := syscall.Lstat(s.Path, &st)
+	if errors.Is(err, syscall.ENOENT) {
+		// Gone, or its filesystem is not mounted: tell them apart by the
+		// device of the directory that should hold it.
+		dev, _, _, derr := fileStore{}.fsOf(s.Path)
+		return derr == nil && dev == s.FSDev, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("stat store %s: %w", s.Path, err)
+	}
+	if st.Ino != s.Inode {
+		return true, nil // not ours any more: leave it alone
+	}
+	if err := fiemap.Remove(s.Path); err != nil {
+		return true, err
+	}
+	return true, nil
+}
+
+func (fileStore) removePartial(path string, bytes uint64) error {
+	var st syscall.Stat_t
+	if err := syscall.Lstat(path, &st); err != nil {
+		if errors.Is(err, syscall.ENOENT) {
+			return nil
+		}
+		return fmt.Errorf("stat store %s: %w", path, err)
+	}
+	if st.Mode&syscall.S_IFMT != syscall.S_IFREG || (st.Size != 0 && uint64(st.Size) != bytes) {
+		return nil // not something prepare could have left
+	}
+	return fiemap.Remove(path)
+}
