@@ -129,8 +129,9 @@ func checkPath(path string, fsDev uint64) error {
 // garbage collector. The file and its directory are fsynced. On any error
 // the new file is removed again.
 //
-// The caller maps the file (Map), then makes it immutable (SetImmutable)
-// before loading a table over its blocks.
+// The caller then makes the file immutable (SetImmutable) and only then
+// maps it (Map), so its blocks cannot change between the mapping and the
+// table loaded over them.
 func Allocate(path string, size uint64, opts AllocateOptions) (_ *os.File, err error) {
 	switch {
 	case size == 0:
