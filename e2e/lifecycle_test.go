@@ -374,7 +374,6 @@ func TestLifecycleUpdate(t *testing.T) {
 	umount(t, smnt)
 }
 
-
 // writeDelta writes into dev the chunks where image b differs from image a,
 // as a delta updater does: the store was sized for exactly those.
 func writeDelta(t testing.TB, dev, a, b string, chunk int) {

@@ -34,6 +34,7 @@ func (dmKernel) create(name string) (string, error) {
 }
 
 func (dmKernel) load(name string, t dmtable.Table) error { return dmtable.Load(name, t) }
+func (dmKernel) clearInactive(name string) error         { return dmtable.ClearInactive(name) }
 func (dmKernel) suspend(name string) error {
 	return dmtable.Suspend(name, dmtable.SuspendOptions{})
 }

@@ -35,6 +35,8 @@ type kernel interface {
 	info(name string) (devInfo, error)
 	create(name string) (dev string, err error)
 	load(name string, t dmtable.Table) error
+	// clearInactive drops a loaded table that was never resumed.
+	clearInactive(name string) error
 	suspend(name string) error
 	resume(name string) error
 	remove(name string) error

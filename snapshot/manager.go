@@ -189,7 +189,6 @@ func (m *Manager) Attach(name, origin string) error {
 	return v.save()
 }
 
-
 // Detach forgets an attached volume: it removes /dev/mapper/NAME (which must
 // not be open) and the state record.
 func (m *Manager) Detach(name string) error {

@@ -546,11 +546,14 @@ func (v *volume) merge(op string, wait bool) error {
 	if err != nil {
 		return fmt.Errorf("%s %q: hand over to snapshot-merge: %w", op, v.name(), err)
 	}
-	if !done {
-		if !wait {
+	if !done && !wait {
+		// A merge with nothing left (a small store) is finished now.
+		if st, err := v.m.k.status(v.name()); err != nil || !st.merged() {
 			v.rec.event(op, "merge handed over to the kernel")
 			return v.save()
 		}
+	}
+	if !done {
 		if err := v.step(PhaseMerging, "merge:wait"); err != nil {
 			return err
 		}

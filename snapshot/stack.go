@@ -46,16 +46,28 @@ func (v *volume) ensure(name string, t dmtable.Table) error {
 			return err
 		}
 		if sameTable(cur, t) {
-			if inf.Suspended {
-				return v.m.k.resume(name)
-			}
-			return nil
+			return v.keepLive(name, inf)
 		}
 	}
 	if err := v.m.k.load(name, t); err != nil {
 		return err
 	}
 	return v.m.k.resume(name)
+}
+
+// keepLive makes the live table of name, already the wanted one, run: a
+// table loaded but never resumed (a crash between load and resume) is
+// cleared first, or the resume would swap it in.
+func (v *volume) keepLive(name string, inf devInfo) error {
+	if inf.Inactive {
+		if err := v.m.k.clearInactive(name); err != nil {
+			return fmt.Errorf("clear the inactive table of %q: %w", name, err)
+		}
+	}
+	if inf.Suspended {
+		return v.m.k.resume(name)
+	}
+	return nil
 }
 
 // removeIfExists removes device name if it exists.
@@ -101,10 +113,7 @@ func (v *volume) collapse() error {
 			if err := v.removeIfExists(snapName(name)); err != nil {
 				return err
 			}
-			if inf.Suspended {
-				return v.m.k.resume(name)
-			}
-			return nil
+			return v.keepLive(name, inf)
 		}
 	}
 	if err := v.suspendIfNeeded(name); err != nil {
