@@ -46,7 +46,13 @@ func pattern(size int64, seed uint64) []byte {
 	return b
 }
 
-func readAll(t testing.TB, d interface {
+// tbLite is what helpers need of testing.TB and rapid.T.
+type tbLite interface {
+	Helper()
+	Fatalf(format string, args ...any)
+}
+
+func readAll(t tbLite, d interface {
 	ReadAt([]byte, int64) (int, error)
 }, size int64) []byte {
 	t.Helper()
@@ -74,7 +80,7 @@ func diffBlocks(a, b []byte, bs int64, keep func(blk int64) bool) int64 {
 }
 
 // checkMap verifies the engine's range-map invariants.
-func checkMap(t testing.TB, e *Engine) {
+func checkMap(t tbLite, e *Engine) {
 	t.Helper()
 	e.mu.Lock()
 	defer e.mu.Unlock()

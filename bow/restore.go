@@ -340,6 +340,14 @@ func (c *chain) replay(progress func(done, total int)) error {
 				used.clear()
 			}
 			used.add(dst, dst+n)
+			if i == 0 {
+				// Everything replayed so far must be durable before
+				// block 0 moves on to the older log (or to its own
+				// contents, which ends the restore).
+				if err := c.flush(); err != nil {
+					return err
+				}
+			}
 			if err := c.copyBack(e, src, dst, n, buf, i == 0 && seq > 0); err != nil {
 				return err
 			}
