@@ -18,7 +18,8 @@ deps:
 
 # A real-kernel session on a small built-in demo (boots user-mode Linux).
 demo: deps build
-	$(GO) test -tags e2e -count=1 -run '^TestDemo$$' ./e2e/ -args -demo
+	$(GO) test -c -tags e2e -o bin/e2e.test ./e2e/
+	bin/e2e.test -test.run '^TestDemo$$' -demo
 
 # The full suite: vet, unit tests, short fuzz runs, end-to-end on a real kernel.
 test: unit fuzz e2e
