@@ -29,18 +29,22 @@
 // # Offline merge
 //
 // Offline copies every exception's chunk from the store back to its place
-// on the origin: sorted by origin chunk, coalesced into large writes where
-// origin chunks are consecutive (and large reads where store chunks are),
-// spread over a few workers, with one flush of the origin at the end. The
-// last chunk of an origin whose size is not a multiple of the chunk size is
-// copied only up to the origin's end, as the kernel does.
+// on the origin. It takes the exceptions in store order, a window of up to
+// 64 MiB at a time: each window is read with large reads of consecutive
+// store chunks (sequential on the store), then written out sorted by origin
+// chunk, runs of consecutive origin chunks going out as one write. A store
+// that fits in one window is read once in order and written once in order.
+// Reads and writes are spread over a few workers, and the origin is flushed
+// once at the end. The last chunk of an origin whose size is not a multiple
+// of the chunk size is copied only up to the origin's end, as the kernel
+// does.
 //
 // Copying is idempotent: the store is only read, so a merge that is killed
 // or loses power can simply run again. To avoid redoing everything, a small
 // write-ahead progress record names the store (header, entry count and a
-// hash of the table) and how far the sorted copy is known to be durable:
-// the origin is flushed before each save, so the record never claims more
-// than the disk holds. Only when every chunk is durable may the caller mark
+// hash of the table) and how far, in store order, the copy is known to be
+// durable: the origin is flushed before each save, so the record never
+// claims more than the disk holds. Only when every chunk is durable may the caller mark
 // the store invalid (Invalidate), so the kernel will never merge it again.
 //
 // A store whose valid flag is 0 is refused: the kernel dropped that snapshot

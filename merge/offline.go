@@ -57,6 +57,11 @@ type OfflineOptions struct {
 	// at the end).
 	CheckpointBytes int64
 
+	// Window is how many bytes of store chunks are read into memory before
+	// they are written out sorted by origin chunk (default 64 MiB; never
+	// more than CheckpointBytes).
+	Window int64
+
 	// Protect lists origin byte ranges the merge must never write: the
 	// store's own extents when it lives on the origin device. OfflinePaths
 	// adds them itself.
@@ -78,6 +83,7 @@ const (
 	defaultWorkers         = 4
 	defaultMaxIO           = 1 << 20
 	defaultCheckpointBytes = 256 << 20
+	defaultWindow          = 64 << 20
 )
 
 // Offline merges store into origin: it reads and checks the whole store
@@ -215,20 +221,22 @@ func nameOf(d any, def string) string {
 	return def
 }
 
-// copier copies the sorted exceptions in runs: consecutive origin chunks,
-// up to maxChunks, go out in one write; consecutive store chunks within a
-// run come in with one read.
+// copier copies the exceptions window by window. The exceptions are
+// sorted by store chunk and cut into windows of at most Window bytes; each
+// window is read with large reads of consecutive store chunks (sequential
+// on the store), then written sorted by origin chunk, runs of consecutive
+// origin chunks going out as one write of up to MaxIO bytes. A store that
+// fits in one window is thus read in order and written in order.
 type copier struct {
 	origin, store Device
-	ex            []Exception // sorted by Old
+	ex            []Exception // sorted by New
 	cb            int64       // chunk bytes
 	originSize    int64
-	maxChunks     int
+	maxChunks     int // per read or write
+	window        int // chunks per window
 	total         int64
 	opts          OfflineOptions
 }
-
-type run struct{ i, j int } // ex[i:j]
 
 func newCopier(origin, store Device, st *Store, opts OfflineOptions) *copier {
 	if opts.Workers <= 0 {
@@ -240,6 +248,9 @@ func newCopier(origin, store Device, st *Store, opts OfflineOptions) *copier {
 	if opts.CheckpointBytes == 0 {
 		opts.CheckpointBytes = defaultCheckpointBytes
 	}
+	if opts.Window <= 0 {
+		opts.Window = defaultWindow
+	}
 	c := &copier{
 		origin:     origin,
 		store:      store,
@@ -249,7 +260,12 @@ func newCopier(origin, store Device, st *Store, opts OfflineOptions) *copier {
 		opts:       opts,
 	}
 	c.maxChunks = max(1, opts.MaxIO/int(c.cb))
-	slices.SortFunc(c.ex, func(a, b Exception) int { return cmp.Compare(a.Old, b.Old) })
+	window := opts.Window
+	if opts.CheckpointBytes > 0 {
+		window = min(window, opts.CheckpointBytes) // checkpoints fall between windows
+	}
+	c.window = int(max(1, window/c.cb))
+	slices.SortFunc(c.ex, func(a, b Exception) int { return cmp.Compare(a.New, b.New) })
 	for _, e := range c.ex {
 		c.total += c.writeLen(e)
 	}
@@ -279,8 +295,10 @@ func (c *copier) checkProtected(protect []Extent) error {
 		}
 		merged = append(merged, x)
 	}
+	byOld := slices.Clone(c.ex)
+	slices.SortFunc(byOld, func(a, b Exception) int { return cmp.Compare(a.Old, b.Old) })
 	j := 0
-	for _, e := range c.ex {
+	for _, e := range byOld {
 		start := int64(e.Old) * c.cb
 		end := start + c.writeLen(e)
 		for j < len(merged) && merged[j].Offset+merged[j].Length <= start {
@@ -293,112 +311,45 @@ func (c *copier) checkProtected(protect []Extent) error {
 	return nil
 }
 
-func (c *copier) runs(start int) []run {
-	var rs []run
-	for i := start; i < len(c.ex); {
-		j := i + 1
-		for j < len(c.ex) && j-i < c.maxChunks && c.ex[j].Old == c.ex[j-1].Old+1 {
-			j++
-		}
-		rs = append(rs, run{i, j})
-		i = j
-	}
-	return rs
-}
-
-// copyRun copies one run through buf.
-func (c *copier) copyRun(buf []byte, r run) (int64, error) {
-	for k := r.i; k < r.j; {
-		m := k + 1
-		for m < r.j && c.ex[m].New == c.ex[m-1].New+1 {
-			m++
-		}
-		b := buf[int64(k-r.i)*c.cb : int64(m-r.i)*c.cb]
-		if err := readFull(c.store, b, int64(c.ex[k].New)*c.cb); err != nil {
-			return 0, fmt.Errorf("read store chunks %d-%d: %w", c.ex[k].New, c.ex[m-1].New, err)
-		}
-		k = m
-	}
-	n := int64(r.j-r.i-1)*c.cb + c.writeLen(c.ex[r.j-1])
-	off := int64(c.ex[r.i].Old) * c.cb
-	if _, err := c.origin.WriteAt(buf[:n], off); err != nil {
-		return 0, fmt.Errorf("write origin chunks %d-%d at byte %d: %w", c.ex[r.i].Old, c.ex[r.j-1].Old, off, err)
-	}
-	return n, nil
-}
-
-// run copies c.ex[start:] with a few workers. One goroutine (the caller's)
-// collects completions in any order, tracks the prefix of runs that are all
-// done, and every CheckpointBytes flushes the origin and records that
-// prefix; so the record only ever claims copies the flush made durable.
+// run copies c.ex[start:] window by window and, every CheckpointBytes,
+// flushes the origin and then records the windows done before the flush;
+// so the record only ever claims copies the flush made durable.
 func (c *copier) run(ctx context.Context, start int, id identity, res *OfflineResult) error {
-	runs := c.runs(start)
 	var done int64
 	for _, e := range c.ex[:start] {
 		done += c.writeLen(e)
 	}
-	report := func() {
+	var mu sync.Mutex // serialises Progress and the counters
+	report := func(n int64, writes int) {
+		mu.Lock()
+		defer mu.Unlock()
+		done += n
+		res.Copied += n
+		res.Writes += writes
 		if c.opts.Progress != nil {
 			c.opts.Progress(done, c.total)
 		}
 	}
-	report()
+	report(0, 0)
 
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	g, gctx := errgroup.WithContext(ctx)
-	next := make(chan int)
-	finished := make(chan int, c.opts.Workers)
-	sizes := make([]int64, len(runs))
-	g.Go(func() error {
-		defer close(next)
-		for i := range runs {
-			select {
-			case next <- i:
-			case <-gctx.Done():
-				return gctx.Err()
-			}
-		}
-		return nil
-	})
-	var wg sync.WaitGroup
+	buf, err := alignedBuf(min(c.window, len(c.ex)-start) * int(c.cb))
+	if err != nil {
+		return err
+	}
+	defer buf.free()
+	scratch := make(chan pageBuf, c.opts.Workers)
 	for range c.opts.Workers {
-		wg.Add(1)
-		g.Go(func() error {
-			defer wg.Done()
-			buf, err := alignedBuf(c.maxChunks * int(c.cb))
-			if err != nil {
-				return err
-			}
-			defer buf.free()
-			for i := range next {
-				n, err := c.copyRun(buf.b, runs[i])
-				if err != nil {
-					return err
-				}
-				sizes[i] = n
-				select {
-				case finished <- i:
-				case <-gctx.Done():
-					return gctx.Err()
-				}
-			}
-			return nil
-		})
-	}
-	go func() { wg.Wait(); close(finished) }()
-
-	complete := make([]bool, len(runs))
-	prefix, saved := 0, 0 // runs[:prefix] are copied; runs[:saved] are recorded
-	var sinceCheckpoint int64
-	doneAt := func(p int) int { // exceptions covered by runs[:p]
-		if p == len(runs) {
-			return len(c.ex)
+		b, err := alignedBuf(c.maxChunks * int(c.cb))
+		if err != nil {
+			return err
 		}
-		return runs[p].i
+		defer b.free()
+		scratch <- b
 	}
-	checkpoint := func(final bool) error {
-		p := prefix // taken before the flush: those writes have completed
+
+	saved := start // c.ex[:saved] is recorded as durable
+	var sinceCheckpoint int64
+	checkpoint := func(upTo int, final bool) error {
 		if err := c.origin.Sync(); err != nil {
 			return fmt.Errorf("flush origin: %w", err)
 		}
@@ -406,45 +357,115 @@ func (c *copier) run(ctx context.Context, start int, id identity, res *OfflineRe
 			return nil
 		}
 		err := saveProgress(c.opts.ProgressFile, progress{
-			Format: progressFormat, Store: id, Done: doneAt(p), Total: len(c.ex), Complete: final,
+			Format: progressFormat, Store: id, Done: upTo, Total: len(c.ex), Complete: final,
 		})
 		if err == nil {
-			saved = p
+			saved = upTo
 		}
 		return err
 	}
-	var collectErr error
-	for i := range finished {
-		complete[i] = true
-		res.Writes++
-		res.Copied += sizes[i]
-		done += sizes[i]
-		sinceCheckpoint += sizes[i]
-		for prefix < len(runs) && complete[prefix] {
-			prefix++
+	for i := start; i < len(c.ex); {
+		j := min(i+c.window, len(c.ex))
+		err := ctx.Err()
+		if err == nil {
+			err = c.copyWindow(ctx, i, j, buf.b, scratch, report)
 		}
-		report()
-		if collectErr == nil && c.opts.CheckpointBytes > 0 && sinceCheckpoint >= c.opts.CheckpointBytes && prefix > saved {
+		if err != nil {
+			// Record the windows done so a rerun redoes less: only after
+			// a successful flush, and never instead of the first error.
+			if i > saved && c.opts.ProgressFile != "" {
+				if cerr := checkpoint(i, false); cerr != nil && !errors.Is(cerr, err) {
+					err = errors.Join(err, fmt.Errorf("record progress after failure: %w", cerr))
+				}
+			}
+			return err
+		}
+		for _, e := range c.ex[i:j] {
+			sinceCheckpoint += c.writeLen(e)
+		}
+		i = j
+		if c.opts.CheckpointBytes > 0 && sinceCheckpoint >= c.opts.CheckpointBytes && i < len(c.ex) {
 			sinceCheckpoint = 0
-			if err := checkpoint(false); err != nil {
-				collectErr = err
-				cancel() // stop the workers; keep draining finished
+			if err := checkpoint(i, false); err != nil {
+				return err
 			}
 		}
 	}
-	err := g.Wait()
-	if collectErr != nil {
-		err = collectErr
-	}
-	if err != nil {
-		// Record what is done so a rerun redoes less. Only after a
-		// successful flush, and never instead of the first error.
-		if prefix > saved && c.opts.ProgressFile != "" && collectErr == nil {
-			if cerr := checkpoint(false); cerr != nil {
-				err = errors.Join(err, fmt.Errorf("record progress after failure: %w", cerr))
-			}
+	return checkpoint(len(c.ex), true)
+}
+
+// copyWindow copies c.ex[i:j] through buf, where exception k's chunk sits
+// at (k-i) chunks: first all reads, then all writes, each spread over the
+// workers.
+func (c *copier) copyWindow(ctx context.Context, i, j int, buf []byte, scratch chan pageBuf, report func(int64, int)) error {
+	at := func(k int) []byte { return buf[int64(k-i)*c.cb : int64(k-i+1)*c.cb] }
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(c.opts.Workers)
+	for k := i; k < j && gctx.Err() == nil; {
+		m := k + 1
+		for m < j && m-k < c.maxChunks && c.ex[m].New == c.ex[m-1].New+1 {
+			m++
 		}
+		k0 := k
+		g.Go(func() error {
+			b := buf[int64(k0-i)*c.cb : int64(m-i)*c.cb]
+			if err := readFull(c.store, b, int64(c.ex[k0].New)*c.cb); err != nil {
+				return fmt.Errorf("read store chunks %d-%d: %w", c.ex[k0].New, c.ex[m-1].New, err)
+			}
+			return nil
+		})
+		k = m
+	}
+	if err := g.Wait(); err != nil {
 		return err
 	}
-	return checkpoint(true)
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+
+	order := make([]int, j-i)
+	for k := range order {
+		order[k] = i + k
+	}
+	slices.SortFunc(order, func(a, b int) int { return cmp.Compare(c.ex[a].Old, c.ex[b].Old) })
+	g, gctx = errgroup.WithContext(ctx)
+	g.SetLimit(c.opts.Workers)
+	for r := 0; r < len(order) && gctx.Err() == nil; {
+		s := r + 1
+		for s < len(order) && s-r < c.maxChunks && c.ex[order[s]].Old == c.ex[order[s-1]].Old+1 {
+			s++
+		}
+		run := order[r:s]
+		g.Go(func() error {
+			first, last := c.ex[run[0]], c.ex[run[len(run)-1]]
+			n := int64(len(run)-1)*c.cb + c.writeLen(last)
+			contiguous := true // in buf
+			for q := 1; q < len(run) && contiguous; q++ {
+				contiguous = run[q] == run[q-1]+1
+			}
+			var b []byte
+			if contiguous {
+				b = buf[int64(run[0]-i)*c.cb:][:n]
+			} else {
+				sb := <-scratch
+				defer func() { scratch <- sb }()
+				for q, k := range run {
+					copy(sb.b[int64(q)*c.cb:], at(k))
+				}
+				b = sb.b[:n]
+			}
+			off := int64(first.Old) * c.cb
+			if _, err := c.origin.WriteAt(b, off); err != nil {
+				return fmt.Errorf("write origin chunks %d-%d at byte %d: %w", first.Old, last.Old, off, err)
+			}
+			report(n, 1)
+			return nil
+		})
+		r = s
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	return ctx.Err()
 }

@@ -272,7 +272,7 @@ func TestOfflineCancel(t *testing.T) {
 	origin := newMem(sc.post)
 	n := 0
 	_, err := Offline(ctx, origin, newMem(sc.store), OfflineOptions{
-		ProgressFile: progress, Workers: 1, MaxIO: 4096,
+		ProgressFile: progress, Workers: 1, MaxIO: 4096, CheckpointBytes: 10 * 4096,
 		Progress: func(done, total int64) {
 			if n++; n == 50 {
 				cancel()

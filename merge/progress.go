@@ -42,10 +42,10 @@ func identify(s *Store, originSize int64) identity {
 }
 
 // progressFormat is the version of the progress record's JSON.
-const progressFormat = 1
+const progressFormat = 2
 
 // progress is the write-ahead record of an offline merge. Done counts the
-// exceptions, in old-chunk order, whose copies were durable on the origin
+// exceptions, in store-chunk order, whose copies were durable on the origin
 // when the record was written.
 type progress struct {
 	Format   int      `json:"format"`

@@ -335,7 +335,7 @@ func alignedBuf(n int) (pageBuf, error) {
 	if n == 0 {
 		return pageBuf{}, nil
 	}
-	b, err := unix.Mmap(-1, 0, n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
+	b, err := unix.Mmap(-1, 0, n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE|unix.MAP_POPULATE)
 	if err != nil {
 		return pageBuf{}, fmt.Errorf("allocate %d-byte I/O buffer: %w", n, err)
 	}
