@@ -74,11 +74,24 @@ func (m *model) compare(t *rapid.T, what string, got []byte, off int64) {
 	}
 }
 
+// fastTempDir is a temporary directory on tmpfs when there is one: the
+// model restarts the engine thousands of times and each restart fsyncs the
+// state file and its directory.
+func fastTempDir(t *testing.T) string {
+	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
+		if dir, err := os.MkdirTemp("/dev/shm", "bow-model-"); err == nil {
+			t.Cleanup(func() { os.RemoveAll(dir) })
+			return dir
+		}
+	}
+	return t.TempDir()
+}
+
 // modelStats counts what the sequences covered, to see they are not trivial.
 var modelStats struct{ seqs, restores, commits, enospc, writes, restarts int }
 
 func TestModel(t *testing.T) {
-	dir := t.TempDir()
+	dir := fastTempDir(t)
 	defer func() { t.Logf("model coverage: %+v", modelStats) }()
 	for _, bs := range []int64{512, 1024, 2048, 4096} {
 		t.Run(fmt.Sprint(bs), func(t *testing.T) {
