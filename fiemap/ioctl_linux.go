@@ -296,3 +296,53 @@ func fallocate(f *os.File, size uint64) error {
 	}
 	return nil
 }
+
+// Loop devices: the fallback store backend for a filesystem mounted
+// directly on a partition (see loop.go).
+
+// loopGetFree is LOOP_CTL_GET_FREE on /dev/loop-control: the index of a
+// free loop device, allocating one if needed.
+func loopGetFree() (int, error) {
+	ctl, err := os.OpenFile("/dev/loop-control", os.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return 0, fmt.Errorf("open /dev/loop-control: %w", err)
+	}
+	defer ctl.Close()
+	n, err := unix.IoctlRetInt(int(ctl.Fd()), unix.LOOP_CTL_GET_FREE)
+	if err != nil {
+		return 0, fmt.Errorf("find a free loop device: %w", err)
+	}
+	return n, nil
+}
+
+// loopConfigure is LOOP_CONFIGURE: back loop with file, with direct I/O
+// (the page cache is not a second copy of the store) and autoclear (the
+// device detaches itself when its last user, NAME-cow, closes it).
+func loopConfigure(loop, file *os.File, name string) error {
+	cfg := unix.LoopConfig{Fd: uint32(file.Fd())}
+	cfg.Info.Flags = unix.LO_FLAGS_DIRECT_IO | unix.LO_FLAGS_AUTOCLEAR
+	copy(cfg.Info.File_name[:len(cfg.Info.File_name)-1], name)
+	err := unix.IoctlLoopConfigure(int(loop.Fd()), &cfg)
+	runtime.KeepAlive(file)
+	if err != nil {
+		return fmt.Errorf("configure %s over %s: %w", loop.Name(), name, err)
+	}
+	return nil
+}
+
+// loopClear is LOOP_CLR_FD: detach the loop device from its file.
+func loopClear(loop *os.File) error {
+	if err := unix.IoctlSetInt(int(loop.Fd()), unix.LOOP_CLR_FD, 0); err != nil {
+		return fmt.Errorf("detach %s: %w", loop.Name(), err)
+	}
+	return nil
+}
+
+// blockDev is the "major:minor" of an open block device.
+func blockDev(f *os.File) (string, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return "", fmt.Errorf("stat %s: %w", f.Name(), err)
+	}
+	return fmt.Sprintf("%d:%d", unix.Major(st.Rdev), unix.Minor(st.Rdev)), nil
+}

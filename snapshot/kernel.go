@@ -59,7 +59,13 @@ type storeFS interface {
 	fsOf(path string) (dev string, free, total uint64, err error)
 	// allocate creates path (O_EXCL) of the given size, fully allocated and
 	// immutable, and returns its inode.
-	allocate(path string, bytes uint64, chunkSectors uint32) (inode uint64, err error)
+	// Immutable only for the fiemap backend: with a loop device the kernel
+	// writes the store through its filesystem.
+	allocate(path string, bytes uint64, chunkSectors uint32, immutable bool) (inode uint64, err error)
+	// loopSegments attaches (or finds) the loop device over the store file
+	// and maps the whole of it; the device stays held until the process
+	// exits, so device-mapper can open it first.
+	loopSegments(path string, inode uint64) ([]Segment, error)
 	// extend grows the store file at path (inode) to bytes.
 	extend(path string, inode uint64, bytes uint64) error
 	// segments maps the file's extents to raw-device segments.

@@ -27,7 +27,11 @@ type PrepareOptions struct {
 	MaxBytes     uint64 // cap for the checkpoint-mode auto size; 0 = none
 	ChunkSectors uint32
 	Overflow     string // "invalidate" (P) or "fail" (PO)
-	DryRun       bool
+	// Backend is "fiemap" (map the file's extents on the raw device; the
+	// default) or "loop" (a loop device over the file, for a filesystem
+	// mounted directly on a partition).
+	Backend string
+	DryRun  bool
 }
 
 // Plan is what Prepare does (or, with DryRun, would do).
@@ -65,6 +69,12 @@ func (m *Manager) Prepare(o PrepareOptions) (*Plan, error) {
 	}
 	if o.ChunkSectors == 0 {
 		o.ChunkSectors = 8
+	}
+	if o.Backend == "" {
+		o.Backend = "fiemap"
+	}
+	if o.Backend != "fiemap" && o.Backend != "loop" {
+		return nil, fmt.Errorf("prepare %q: unknown backend %q (want fiemap or loop)", o.Name, o.Backend)
 	}
 	if _, err := readRecord(m.Dir, o.Name); err != nil {
 		var unknown *ErrUnknownVolume
@@ -104,6 +114,12 @@ func (m *Manager) Prepare(o PrepareOptions) (*Plan, error) {
 	}
 	if err := v.prepare(o, plan); err != nil {
 		return nil, joinErr(fmt.Errorf("prepare %q: %w", o.Name, err), v.undoPrepare())
+	}
+	// Report the tables as the kernel now holds them.
+	for d := range plan.Tables {
+		if t, err := m.k.table(d); err == nil {
+			plan.Tables[d] = t.String()
+		}
 	}
 	return plan, nil
 }
@@ -217,11 +233,21 @@ func (v *volume) prepare(o PrepareOptions, p *Plan) error {
 	if err != nil {
 		return err
 	}
-	v.rec.Store = &Store{Path: o.StorePath, FSDev: fsDev, Bytes: p.StoreBytes, ChunkSectors: o.ChunkSectors, Backend: "fiemap", Overflow: o.Overflow}
+	loop := o.Backend == "loop"
+	if loop {
+		inf, err := v.m.k.info(v.name())
+		if err != nil {
+			return err
+		}
+		if fsDev == v.rec.Origin.Dev || (inf.Exists && fsDev == inf.Dev) {
+			return &ErrStoreOnOrigin{Path: o.StorePath, Reason: "is on the volume itself; with --backend loop the store is written through its filesystem, which would copy-on-write the store into itself"}
+		}
+	}
+	v.rec.Store = &Store{Path: o.StorePath, FSDev: fsDev, Bytes: p.StoreBytes, ChunkSectors: o.ChunkSectors, Backend: o.Backend, Overflow: o.Overflow}
 	if err := v.step(PhasePreparing, "prepare:allocate"); err != nil {
 		return err
 	}
-	ino, err := v.m.fs.allocate(o.StorePath, p.StoreBytes, o.ChunkSectors)
+	ino, err := v.m.fs.allocate(o.StorePath, p.StoreBytes, o.ChunkSectors, !loop)
 	if err != nil {
 		return err
 	}
@@ -229,7 +255,12 @@ func (v *volume) prepare(o PrepareOptions, p *Plan) error {
 	if err := v.save(); err != nil {
 		return err
 	}
-	segs, err := v.m.fs.segments(o.StorePath, ino, o.ChunkSectors)
+	var segs []Segment
+	if loop {
+		segs, err = v.m.fs.loopSegments(o.StorePath, ino)
+	} else {
+		segs, err = v.m.fs.segments(o.StorePath, ino, o.ChunkSectors)
+	}
 	if err != nil {
 		return err
 	}
@@ -772,6 +803,9 @@ func (v *volume) grow(by uint64) error {
 		return &ErrWrongPhase{Volume: v.name(), Op: "grow", Phase: v.rec.Phase, Mode: v.rec.Mode}
 	}
 	s := v.rec.Store
+	if s.Backend == "loop" {
+		return fmt.Errorf("grow %q: not supported with --backend loop (the loop device's size is fixed); prepare with a larger --size", v.name())
+	}
 	chunk := uint64(s.ChunkSectors) * 512
 	newBytes := (s.Bytes + by + chunk - 1) / chunk * chunk
 	_, free, _, err := v.m.fs.fsOf(s.Path)

@@ -186,6 +186,19 @@ func (v *volume) originHelper() string {
 // buildLower makes NAME-cow and NAME-real/NAME-base exist and be live.
 func (v *volume) buildLower() error {
 	name := v.name()
+	if s := v.rec.Store; s.Backend == "loop" {
+		// The loop device's number may differ after a reboot.
+		segs, err := v.m.fs.loopSegments(s.Path, s.Inode)
+		if err != nil {
+			return fmt.Errorf("attach the loop device over store %s (its filesystem must be mounted): %w", s.Path, err)
+		}
+		if segs[0] != s.Segments[0] {
+			s.Segments = segs
+			if err := v.save(); err != nil {
+				return err
+			}
+		}
+	}
 	if err := v.ensure(cowName(name), cowTable(v.rec.Store)); err != nil {
 		return fmt.Errorf("build %q: %w", cowName(name), err)
 	}

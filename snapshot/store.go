@@ -52,7 +52,7 @@ func (fileStore) fsOf(path string) (string, uint64, uint64, error) {
 	return fs.Dev, sfs.Bavail * uint64(sfs.Bsize), sfs.Blocks * uint64(sfs.Bsize), nil
 }
 
-func (fileStore) allocate(path string, bytes uint64, chunkSectors uint32) (uint64, error) {
+func (fileStore) allocate(path string, bytes uint64, chunkSectors uint32, immutable bool) (uint64, error) {
 	f, err := fiemap.Allocate(path, bytes, fiemap.AllocateOptions{ChunkSize: uint64(chunkSectors) * 512})
 	if err != nil {
 		return 0, err
@@ -61,6 +61,9 @@ func (fileStore) allocate(path string, bytes uint64, chunkSectors uint32) (uint6
 	ino, err := inodeOf(f)
 	if err != nil {
 		return 0, err
+	}
+	if !immutable {
+		return ino, f.Sync()
 	}
 	// Immutable: nothing may write, truncate, move or delete the store's
 	// blocks while the kernel writes them through the raw device.
@@ -166,7 +169,41 @@ func (fileStore) segments(path string, inode uint64, chunkSectors uint32) ([]Seg
 	return out, nil
 }
 
+// loops keeps the loop devices this process attached open until it exits:
+// with autoclear, a loop device closed before device-mapper opens it would
+// detach at once.
+var loops = map[string]*fiemap.Loop{}
+
+func (fileStore) loopSegments(path string, inode uint64) ([]Segment, error) {
+	f, err := openStore(path, inode)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := f.Stat()
+	f.Close()
+	if err != nil {
+		return nil, err
+	}
+	l, ok := loops[path]
+	if !ok {
+		if l, err = fiemap.AttachLoop(path); err != nil {
+			return nil, err
+		}
+		loops[path] = l
+	}
+	return []Segment{{Dev: l.Dev, Offset: 0, Length: uint64(fi.Size()) / 512}}, nil
+}
+
 func (fileStore) release(s Store) (bool, error) {
+	if s.Backend == "loop" {
+		if l, ok := loops[s.Path]; ok {
+			l.Close()
+			delete(loops, s.Path)
+		}
+		if err := fiemap.DetachLoop(s.Path); err != nil {
+			return false, err
+		}
+	}
 	var st syscall.Stat_t
 	err := syscall.Lstat(s.Path, &st)
 	if errors.Is(err, syscall.ENOENT) {

@@ -193,6 +193,7 @@ Examples:
 	f.StringVar(&changes, "changes", "", "file of byte ranges the update writes (offset length per line), for --size auto")
 	f.StringVar(&newImage, "new-image", "", "the new image, diffed against the origin, for --size auto")
 	f.StringVar(&o.Overflow, "overflow", "invalidate", "a full store: invalidate the snapshot, or fail writes to it (PO, update mode)")
+	f.StringVar(&o.Backend, "backend", "fiemap", "fiemap (map the file's blocks on the raw device) or loop (a loop device over the file, for a filesystem mounted directly on a partition)")
 	f.BoolVar(&a.dryRun, "dry-run", false, "print what would be done; change nothing")
 	return c
 }
