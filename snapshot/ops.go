@@ -6,12 +6,12 @@ import (
 	"strings"
 
 	"fmt"
+	"github.com/hashicorp/go-multierror"
+
 	"github.com/snapctl/snapctl/merge"
 	"os"
 	"syscall"
 	"time"
-
-	"github.com/snapctl/snapctl/dmtable"
 )
 
 // PrepareOptions describes a snapshot to prepare.
@@ -697,20 +697,20 @@ func (m *Manager) Activate(o ActivateOptions, names ...string) error {
 			return err
 		}
 	}
-	var errs error
+	var errs *multierror.Error
 	for _, n := range names {
 		v, err := m.open(n)
 		if err != nil {
-			errs = joinErr2(errs, err)
+			errs = multierror.Append(errs, err)
 			continue
 		}
 		err = m.activateOpts(v, o)
 		v.close()
 		if err != nil {
-			errs = joinErr2(errs, fmt.Errorf("activate %q: %w", n, err))
+			errs = multierror.Append(errs, fmt.Errorf("activate %q: %w", n, err))
 		}
 	}
-	return errs
+	return errs.ErrorOrNil()
 }
 
 func (m *Manager) activate(v *volume) error { return m.activateOpts(v, ActivateOptions{}) }
@@ -745,13 +745,6 @@ func (m *Manager) activateOpts(v *volume, o ActivateOptions) error {
 		return v.buildPrepared(PhasePrepared)
 	}
 	return fmt.Errorf("unknown phase %q", v.rec.Phase)
-}
-
-func joinErr2(a, b error) error {
-	if a == nil {
-		return b
-	}
-	return errors.Join(a, b)
 }
 
 // Deactivate removes the volume's devices without changing its data or
@@ -897,8 +890,6 @@ func keepsPrefix(old, cur []Segment) bool {
 	}
 	return true
 }
-
-var _ = dmtable.Table{}
 
 // devString renders a Linux dev_t as "major:minor".
 func devString(d uint64) string {
