@@ -12,7 +12,8 @@ import (
 )
 
 // BenchmarkOffline merges a scattered store of 64 MiB of chunks (random
-// origin chunks, half of a 128 MiB origin, store chunks in write order) into
+// origin chunks, or random runs of 256 KiB, half of a 128 MiB origin, store
+// chunks in write order) into
 // an origin file, and in the same iteration copies the same number of bytes
 // sequentially from one file to another with 1 MiB I/O (read, write, one
 // fsync): the baseline. Both use the same files' filesystem and the same
@@ -24,13 +25,17 @@ func BenchmarkOffline(b *testing.B) {
 	const data = 64 << 20
 	for _, cs := range []uint32{8, 128} {
 		for _, direct := range []bool{false, true} {
-			name := fmt.Sprintf("chunk=%dK/direct=%v", cs/2, direct)
-			b.Run(name, func(b *testing.B) { benchOffline(b, cs, data, direct) })
+			for _, run := range []int{1, 256 / int(cs/2)} {
+				name := fmt.Sprintf("chunk=%dK/direct=%v/run=%dK", cs/2, direct, run*int(cs/2))
+				b.Run(name, func(b *testing.B) { benchOffline(b, cs, data, direct, run) })
+			}
 		}
 	}
 }
 
-func benchOffline(b *testing.B, cs uint32, data int64, direct bool) {
+// benchOffline changes runs of run consecutive origin chunks, at random
+// places (run = 1: single scattered chunks).
+func benchOffline(b *testing.B, cs uint32, data int64, direct bool, run int) {
 	l := Layout{ChunkSize: cs}
 	cb := l.ChunkBytes()
 	n := int(data / cb)
@@ -40,7 +45,12 @@ func benchOffline(b *testing.B, cs uint32, data int64, direct bool) {
 	originPath, storePath := filepath.Join(dir, "origin"), filepath.Join(dir, "cow")
 	srcPath, dstPath := filepath.Join(dir, "src"), filepath.Join(dir, "dst")
 
-	olds := rng.Perm(originChunks)[:n]
+	var olds []int
+	for _, r := range rng.Perm(originChunks / run)[:n/run] {
+		for k := range run {
+			olds = append(olds, r*run+k)
+		}
+	}
 	ex := make([]Exception, n)
 	for i, o := range olds {
 		ex[i] = Exception{Old: uint64(o), New: l.DataChunk(uint64(i))}
