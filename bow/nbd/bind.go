@@ -1,0 +1,289 @@
+package nbd
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// ErrBusy reports an NBD device that is already connected to a server.
+type ErrBusy struct {
+	Path string
+	PID  int // the process serving it, 0 if unknown
+}
+
+func (e ErrBusy) Error() string {
+	if e.PID != 0 {
+		return fmt.Sprintf("bind %s: already connected (served by process %d)", e.Path, e.PID)
+	}
+	return fmt.Sprintf("bind %s: already connected", e.Path)
+}
+
+func (e ErrBusy) Unwrap() error { return syscall.EBUSY }
+
+// ErrNotNBD reports a path that is not a kernel NBD device.
+type ErrNotNBD struct {
+	Path   string
+	Reason string
+}
+
+func (e ErrNotNBD) Error() string { return fmt.Sprintf("bind %s: %s", e.Path, e.Reason) }
+
+// BindOptions configure Bind.
+type BindOptions struct {
+	// BlockSize is the device's logical block size: a power of two from
+	// 512 to 4096; default 4096. The device's size is the backend's size
+	// rounded down to it.
+	BlockSize int64
+	// Timeout makes the kernel fail a request, and drop the connection,
+	// when the server has not answered it in time. 0 leaves the kernel
+	// waiting (it logs requests that look stuck).
+	Timeout time.Duration
+	// Ready is how long Bind waits for the device to come up; default 10 s.
+	Ready time.Duration
+}
+
+// Binding is a kernel NBD device served by a Server over a socket pair.
+type Binding struct {
+	path string
+	fd   int
+	conn net.Conn
+	done chan struct{}
+
+	mu     sync.Mutex // guards fd against close while in use
+	closed bool
+	err    error
+}
+
+// Bind connects the kernel NBD device at path (/dev/nbdN) to s: it sets the
+// block size, the size and the transmission flags, hands the kernel one end
+// of a socket pair (NBD_SET_SOCK), starts the device with NBD_DO_IT on a
+// thread of its own, and serves the other end. There is no handshake on
+// this path. It returns once the device is live. The device stays up until
+// Disconnect, or until the server or the kernel ends the connection.
+func Bind(path string, s *Server, opts BindOptions) (*Binding, error) {
+	bs := opts.BlockSize
+	if bs == 0 {
+		bs = 4096
+	}
+	if bs < 512 || bs > 4096 || bs&(bs-1) != 0 {
+		return nil, fmt.Errorf("bind %s: block size %d: want a power of two from 512 to 4096: %w", path, bs, syscall.EINVAL)
+	}
+	blocks := s.Size() / bs
+	if blocks < 1 {
+		return nil, fmt.Errorf("bind %s: export of %d bytes is smaller than one %d-byte block: %w", path, s.Size(), bs, syscall.EINVAL)
+	}
+	if opts.Ready <= 0 {
+		opts.Ready = 10 * time.Second
+	}
+	fd, err := openDevice(path)
+	if err != nil {
+		var nn ErrNotNBD
+		if errors.As(err, &nn) {
+			return nil, err
+		}
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, ErrNotNBD{Path: path, Reason: "no such device (is the nbd module loaded? modprobe nbd)"}
+		}
+		return nil, fmt.Errorf("bind %s: open: %w", path, err)
+	}
+	sysDir, err := sysBlockDir(path)
+	if err != nil {
+		closeFD(fd)
+		return nil, err
+	}
+	if pid, ok := servingPID(sysDir); ok {
+		closeFD(fd)
+		return nil, ErrBusy{Path: path, PID: pid}
+	}
+	ksock, srv, err := socketPair()
+	if err != nil {
+		closeFD(fd)
+		return nil, fmt.Errorf("bind %s: %w", path, err)
+	}
+	conn, err := net.FileConn(srv)
+	srv.Close()
+	if err != nil {
+		closeFD(ksock)
+		closeFD(fd)
+		return nil, fmt.Errorf("bind %s: socket: %w", path, err)
+	}
+	fail := func(step string, err error) (*Binding, error) {
+		clearSock(fd)
+		closeFD(ksock)
+		conn.Close()
+		closeFD(fd)
+		if errors.Is(err, syscall.EBUSY) {
+			return nil, ErrBusy{Path: path}
+		}
+		return nil, fmt.Errorf("bind %s: %s: %w", path, step, err)
+	}
+	if err := setBlockSize(fd, bs); err != nil {
+		return fail("NBD_SET_BLKSIZE", err)
+	}
+	if err := setSizeBlocks(fd, blocks); err != nil {
+		return fail("NBD_SET_SIZE_BLOCKS", err)
+	}
+	if err := setFlags(fd, s.Flags()); err != nil {
+		return fail("NBD_SET_FLAGS", err)
+	}
+	if opts.Timeout > 0 {
+		if err := setTimeout(fd, int64((opts.Timeout+time.Second-1)/time.Second)); err != nil {
+			return fail("NBD_SET_TIMEOUT", err)
+		}
+	}
+	if err := setSock(fd, ksock); err != nil {
+		return fail("NBD_SET_SOCK", err)
+	}
+	closeFD(ksock) // the kernel holds its own reference now
+
+	b := &Binding{path: path, fd: fd, conn: conn, done: make(chan struct{})}
+	served := make(chan error, 1)
+	go func() {
+		err := s.Serve(conn)
+		conn.Close() // the kernel waits for the close after NBD_CMD_DISC
+		served <- err
+	}()
+	ran := make(chan error, 1)
+	go func() { ran <- doIt(fd) }()
+	go b.wait(ran, served)
+
+	deadline := time.Now().Add(opts.Ready)
+	for {
+		if _, ok := servingPID(sysDir); ok {
+			return b, nil
+		}
+		select {
+		case <-b.done:
+			if b.err != nil {
+				return nil, b.err
+			}
+			return nil, fmt.Errorf("bind %s: NBD_DO_IT: the device stopped at once", path)
+		case <-time.After(5 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			b.conn.Close()
+			<-b.done
+			return nil, fmt.Errorf("bind %s: the device did not come up within %v: %w", path, opts.Ready, errors.Join(b.err, syscall.ETIMEDOUT))
+		}
+	}
+}
+
+// wait collects the end of NBD_DO_IT and of the server, then releases the
+// device.
+func (b *Binding) wait(ran, served chan error) {
+	runErr := <-ran
+	b.conn.Close() // stop the server if the kernel side ended first
+	serveErr := <-served
+	b.mu.Lock()
+	var errs []error
+	if runErr != nil {
+		errs = append(errs, fmt.Errorf("NBD_DO_IT on %s: %w", b.path, runErr))
+	}
+	if serveErr != nil {
+		errs = append(errs, fmt.Errorf("serve %s: %w", b.path, serveErr))
+	}
+	clearSock(b.fd)
+	closeFD(b.fd)
+	b.closed = true
+	b.err = joinErrs(errs)
+	b.mu.Unlock()
+	close(b.done)
+}
+
+// Path returns the device path.
+func (b *Binding) Path() string { return b.path }
+
+// Done is closed when the device has stopped.
+func (b *Binding) Done() <-chan struct{} { return b.done }
+
+// Err returns why the device stopped, once Done is closed: nil after a
+// clean disconnect.
+func (b *Binding) Err() error {
+	select {
+	case <-b.done:
+		return b.err
+	default:
+		return nil
+	}
+}
+
+// Disconnect stops the device cleanly: it writes back and flushes the
+// kernel's cached writes to the device (fsync), asks the kernel to
+// disconnect (NBD_DISCONNECT, which sends NBD_CMD_DISC after the requests in
+// flight), waits for the server to finish and the kernel to let go, and
+// drops the socket (NBD_CLEAR_SOCK). A filesystem still mounted on the
+// device sees I/O errors afterwards: unmount it first. If the kernel has
+// not let go after timeout (default 30 s), the connection is cut.
+func (b *Binding) Disconnect(timeout time.Duration) error {
+	if timeout <= 0 {
+		timeout = 30 * time.Second
+	}
+	var errs []error
+	b.mu.Lock()
+	if !b.closed {
+		if err := syncFD(b.fd); err != nil {
+			errs = append(errs, fmt.Errorf("flush %s: %w", b.path, err))
+		}
+		if err := disconnect(b.fd); err != nil {
+			errs = append(errs, fmt.Errorf("disconnect %s: NBD_DISCONNECT: %w", b.path, err))
+		}
+	}
+	b.mu.Unlock()
+	select {
+	case <-b.done:
+	case <-time.After(timeout):
+		b.conn.Close()
+		<-b.done
+		errs = append(errs, fmt.Errorf("disconnect %s: the kernel did not let go within %v; connection cut", b.path, timeout))
+	}
+	errs = append(errs, b.err)
+	return joinErrs(errs)
+}
+
+// sysBlockDir is the sysfs directory of the block device at path.
+func sysBlockDir(path string) (string, error) {
+	real, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		return "", fmt.Errorf("bind %s: %w", path, err)
+	}
+	name := filepath.Base(real)
+	if !strings.HasPrefix(name, "nbd") {
+		return "", ErrNotNBD{Path: path, Reason: "not an NBD device (want /dev/nbdN)"}
+	}
+	return filepath.Join("/sys/block", name), nil
+}
+
+// servingPID reads the pid of the process serving the device from sysfs;
+// the file exists only while the device is connected.
+func servingPID(sysDir string) (int, bool) {
+	b, err := os.ReadFile(filepath.Join(sysDir, "pid"))
+	if err != nil {
+		return 0, false
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	return pid, true
+}
+
+func joinErrs(errs []error) error {
+	var keep []error
+	for _, e := range errs {
+		if e != nil {
+			keep = append(keep, e)
+		}
+	}
+	switch len(keep) {
+	case 0:
+		return nil
+	case 1:
+		return keep[0]
+	}
+	return errors.Join(keep...)
+}
