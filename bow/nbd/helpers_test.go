@@ -262,7 +262,6 @@ func pat(seed, n int) []byte {
 
 func be32(b []byte) uint32 { return binary.BigEndian.Uint32(b) }
 
-
 // lockedBuffer is a bytes.Buffer safe for the concurrent reply writers.
 type lockedBuffer struct {
 	mu sync.Mutex
