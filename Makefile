@@ -3,7 +3,7 @@ SHELL       := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 GO        ?= go
 BIN       ?= bin/snapctl
-FUZZTIME  ?= 5s
+FUZZTIME  ?= 3000x
 E2E_FLAGS ?= -count=1 -timeout 40m
 
 .PHONY: all build demo test unit fuzz e2e bench deps clean

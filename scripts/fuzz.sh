@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every Fuzz target in the module for a short time each (CI), or longer:
-#   scripts/fuzz.sh 1h
+#   scripts/fuzz.sh 1h       (a duration, or a count of inputs: 3000x)
 set -euo pipefail
-t=${1:-5s}
+t=${1:-3000x}
 for pkg in $(go list ./...); do
 	dir=$(go list -f '{{.Dir}}' "$pkg")
 	for f in $(grep -ho '^func Fuzz[A-Za-z0-9_]*' "$dir"/*_test.go 2>/dev/null | sed 's/^func //' | sort -u); do
