@@ -141,8 +141,8 @@ func TestInspectCOWUsage(t *testing.T) {
 		{"inspect-cow", "--chunk-size", "3K", p},
 		{"inspect-cow", "--origin-size", "-5", p},
 		{"inspect-cow", "--entries", "-1", p},
-		{"merge-cow", "--origin", p},
-		{"merge-cow", "--origin", p, "--cow", p, "--chunk-size", "1000"},
+		{"merge", "--offline", "--origin", p},
+		{"merge", "--offline", "--origin", p, "--cow", p, "--chunk-size", "1000"},
 	} {
 		_, _, err := runInspectCOW(t, args...)
 		if code, _ := classify(err); code != exitUsage {
@@ -160,7 +160,7 @@ func TestMergeCOW(t *testing.T) {
 		t.Fatal(err)
 	}
 	rec := filepath.Join(dir, "progress.json")
-	out, stderr, err := runInspectCOW(t, "merge-cow", "--json", "--origin", origin, "--cow", p, "--chunk-size", "4K", "--progress-file", rec)
+	out, stderr, err := runInspectCOW(t, "merge", "--offline", "--json", "--origin", origin, "--cow", p, "--chunk-size", "4K", "--progress-file", rec)
 	if err != nil {
 		t.Fatalf("%v (stderr %q)", err, stderr)
 	}
@@ -194,11 +194,11 @@ func TestMergeCOW(t *testing.T) {
 	if err != nil || !strings.Contains(out, "valid:       NO") {
 		t.Errorf("inspect after merge: got %q, %v", out, err)
 	}
-	out, _, err = runInspectCOW(t, "merge-cow", "--origin", origin, "--cow", p, "--chunk-size", "4K", "--progress-file", rec)
+	out, _, err = runInspectCOW(t, "merge", "--offline", "--origin", origin, "--cow", p, "--chunk-size", "4K", "--progress-file", rec)
 	if err != nil || !strings.Contains(out, "already merged") {
 		t.Errorf("rerun: got %q, %v", out, err)
 	}
-	_, _, err = runInspectCOW(t, "merge-cow", "--origin", origin, "--cow", p, "--chunk-size", "4K")
+	_, _, err = runInspectCOW(t, "merge", "--offline", "--origin", origin, "--cow", p, "--chunk-size", "4K")
 	code, hint := classify(err)
 	if code != exitRefused || !strings.Contains(err.Error(), "valid=0") || !strings.Contains(hint, "drop") {
 		t.Errorf("invalid store: got code %d, %v, hint %q; want %d", code, err, hint, exitRefused)

@@ -1,8 +1,13 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -22,71 +27,95 @@ type offlineFlags struct {
 func (o *offlineFlags) register(c *cobra.Command) {
 	f := c.Flags()
 	f.BoolVar(&o.enabled, "offline", false, "merge in userspace with the volume deactivated (no kernel dm-snapshot needed)")
-	f.StringVar(&o.origin, "origin", "", "with --offline and no NAME: the origin device or image")
-	f.StringVar(&o.cow, "cow", "", "with --offline and no NAME: the COW device or image")
-	f.StringVar(&o.chunk, "chunk-size", "", "with --offline and no NAME: the expected chunk size (checked against the header)")
-	f.StringVar(&o.progressFile, "progress-file", "", "with --offline and no NAME: where to record progress so a rerun resumes")
-	f.BoolVar(&o.keepValid, "keep-valid", false, "with --offline and no NAME: leave the store valid after the merge")
+	f.StringVar(&o.origin, "origin", "", "with --offline and no NAME: the origin block device or image to merge into")
+	f.StringVar(&o.cow, "cow", "", "with --offline and no NAME: the store, a COW block device or an image of one")
+	f.StringVar(&o.chunk, "chunk-size", "", "with --offline and no NAME: the snapshot's chunk size (e.g. 4K), checked against the store header")
+	f.StringVar(&o.progressFile, "progress-file", "", "with --offline and no NAME: record progress here so that a rerun resumes (keep it off the origin)")
+	f.BoolVar(&o.keepValid, "keep-valid", false, "with --offline and no NAME: leave the store marked valid after the merge")
+	c.Example = `  snapctl merge data                      # kernel snapshot-merge, waits with progress
+  snapctl deactivate data && snapctl merge data --offline
+  snapctl merge --offline --origin /dev/vdb --cow /dev/vdc --chunk-size 4K \
+      --progress-file /var/lib/snapctl/vdb.merge.json`
 }
 
-// runOfflineMergeCmd runs `snapctl merge --offline`, for a volume (its
-// store's raw extents from the state record) or for an origin and a COW
-// given by path.
+// runOfflineMergeCmd runs `snapctl merge --offline`: for a volume (its
+// store's raw extents come from the state record; the volume ends attached,
+// as after a kernel merge) or for an origin and a COW given by path. The
+// whole store is checked before anything is written; SIGINT and SIGTERM stop
+// it with the progress recorded, and a rerun resumes.
 func runOfflineMergeCmd(cmd *cobra.Command, a *app, args []string, o offlineFlags) error {
+	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
 	opts := merge.OfflineOptions{Progress: a.copyProgress("merging")}
+	start := time.Now()
 	if len(args) == 1 {
-		if o.origin != "" || o.cow != "" || o.chunk != "" || o.progressFile != "" {
-			return newUsageError(cmd.CommandPath(), errors.New("with NAME, --origin, --cow, --chunk-size and --progress-file come from the state record"))
+		if o.origin != "" || o.cow != "" || o.chunk != "" || o.progressFile != "" || o.keepValid {
+			return newUsageError(cmd.CommandPath(), errors.New("with NAME, the origin, store, chunk size and progress file come from the state record"))
 		}
 		m, err := a.manager(cmd)
 		if err != nil {
 			return err
 		}
-		res, err := m.MergeOffline(cmd.Context(), args[0], opts)
+		res, err := m.MergeOffline(ctx, args[0], opts)
 		if err != nil {
-			return err
+			return interrupted(err, "rerun `snapctl merge "+args[0]+" --offline` to resume")
 		}
-		return a.offlineReport(args[0], res)
+		return a.offlineReport(args[0], res, time.Since(start))
 	}
-	if o.origin == "" || o.cow == "" {
-		return newUsageError(cmd.CommandPath(), errors.New("merge --offline needs NAME, or --origin DEV and --cow DEV|FILE"))
+	if o.origin == "" || o.cow == "" || o.chunk == "" {
+		return newUsageError(cmd.CommandPath(), errors.New("merge --offline needs NAME, or --origin, --cow and --chunk-size"))
 	}
-	if o.chunk != "" {
-		cb, err := cowsize.ParseBytes(o.chunk)
-		if err == nil {
-			err = cowsize.CheckChunk(cb)
-		}
-		if err != nil {
-			return newUsageError(cmd.CommandPath(), fmt.Errorf("--chunk-size: %w", err))
-		}
-		opts.ChunkSize = uint32(cb / 512)
+	cb, err := cowsize.ParseBytes(o.chunk)
+	if err == nil && (cb < merge.SectorSize || cb > merge.MaxChunkSize*merge.SectorSize || cb&(cb-1) != 0) {
+		err = fmt.Errorf("%d bytes is not a power of two from 512 bytes to 1 GiB", cb)
 	}
-	opts.ProgressFile, opts.Invalidate = o.progressFile, !o.keepValid
-	res, err := merge.OfflinePaths(cmd.Context(), o.origin, []merge.Segment{{Path: o.cow}}, opts)
 	if err != nil {
+		return newUsageError(cmd.CommandPath(), fmt.Errorf("--chunk-size: %w", err))
+	}
+	opts.ChunkSize = uint32(cb / merge.SectorSize)
+	opts.ProgressFile, opts.Invalidate = o.progressFile, !o.keepValid
+	res, err := merge.OfflinePaths(ctx, o.origin, []merge.Segment{{Path: o.cow}}, opts)
+	if err != nil {
+		if o.progressFile != "" {
+			return interrupted(err, "progress is recorded in "+o.progressFile+": rerun the same command to resume")
+		}
 		return err
 	}
-	return a.offlineReport(o.cow, res)
+	return a.offlineReport(o.origin, res, time.Since(start))
 }
 
-func (a *app) offlineReport(what string, res *merge.OfflineResult) error {
+func interrupted(err error, how string) error {
+	if errors.Is(err, context.Canceled) {
+		return fmt.Errorf("%w (%s)", err, how)
+	}
+	return err
+}
+
+func (a *app) offlineReport(what string, res *merge.OfflineResult, el time.Duration) error {
 	if a.json {
 		return a.printJSON(struct {
-			Exceptions  int   `json:"exceptions"`
-			Bytes       int64 `json:"bytes"`
-			Copied      int64 `json:"copied"`
-			Resumed     int   `json:"resumed"`
-			AlreadyDone bool  `json:"already_done"`
-			Invalidated bool  `json:"invalidated"`
-		}{len(res.Store.Exceptions), res.Total, res.Copied, res.Resumed, res.AlreadyDone, res.Invalidated})
+			Target      string  `json:"target"`
+			Exceptions  int     `json:"exceptions"`
+			Bytes       int64   `json:"bytes"`
+			Copied      int64   `json:"copied"`
+			Writes      int     `json:"writes"`
+			Resumed     int     `json:"resumed"`
+			AlreadyDone bool    `json:"already_done"`
+			Invalidated bool    `json:"invalidated"`
+			Seconds     float64 `json:"seconds"`
+		}{what, len(res.Store.Exceptions), res.Total, res.Copied, res.Writes, res.Resumed, res.AlreadyDone, res.Invalidated, el.Seconds()})
 	}
 	if res.AlreadyDone {
-		a.printf("%s: already merged by an earlier run; nothing to do\n", what)
+		a.printf("%s: already merged by an earlier run (the store is invalidated); nothing to do\n", what)
 		return nil
 	}
-	a.printf("merged %s offline: %d exceptions, %d bytes copied", what, len(res.Store.Exceptions), res.Copied)
+	a.printf("merged %d exceptions into %s offline: %d bytes copied in %d writes, %.1f MB/s", len(res.Store.Exceptions), what,
+		res.Copied, res.Writes, float64(res.Copied)/max(el.Seconds(), 1e-9)/1e6)
 	if res.Resumed > 0 {
-		a.printf(" (resumed: %d exceptions were already durable)", res.Resumed)
+		a.printf(", resumed after %d already durable", res.Resumed)
+	}
+	if res.Invalidated {
+		a.printf("; store invalidated")
 	}
 	a.printf("\n")
 	return nil
