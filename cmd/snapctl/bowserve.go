@@ -758,26 +758,26 @@ func classifyBowServe(err error) (int, string, bool) {
 	case errors.As(err, &tr):
 		switch tr.From {
 		case bow.StateCheckpoint:
-			return exitRefused, "a checkpoint is already active: commit it (snapctl bow commit) or stop the server and restore it", true
+			return exitRefused, "a checkpoint is already active: keep it with 'snapctl bow commit', or stop the server and bring it back with 'snapctl bow restore DEV'", true
 		case bow.StateCommitted:
-			return exitRefused, "the device is committed; to take a new checkpoint, stop the server and serve the device again", true
+			return exitRefused, "the device is committed; for a new checkpoint stop the server, serve the device again (snapctl bow serve), fstrim, then 'snapctl bow checkpoint'", true
 		}
 		return exitRefused, "take a checkpoint first: snapctl bow checkpoint", true
 	case errors.As(err, &sp):
-		return exitRefused, "the engine knows too little free space: run fstrim on the mounted filesystem before the checkpoint, or free space in it", true
+		return exitRefused, "free space for backups is short: before 'snapctl bow checkpoint' run fstrim on the mounted filesystem (and free space in it); during a checkpoint, commit it (snapctl bow commit) or restore it to get the backup space back", true
 	case errors.As(err, &bs):
 		if bs.Log != 0 {
-			return exitRefused, fmt.Sprintf("the checkpoint on the device uses block size %d: leave out --block-size", bs.Log), true
+			return exitUsage, fmt.Sprintf("the checkpoint on the device uses block size %d: leave out --block-size or give --block-size %d", bs.Log, bs.Log), true
 		}
-		return exitUsage, "", true
+		return exitUsage, "give --block-size 512, 1024, 2048 or 4096 (default 4096)", true
 	case errors.As(err, &ts):
-		return exitRefused, "", true
+		return exitRefused, fmt.Sprintf("bow needs a device of at least two %d-byte blocks", ts.BlockSize), true
 	case errors.As(err, &br):
 		return exitNeedsRepair, fmt.Sprintf("stop the server and restore the checkpoint: snapctl bow restore %s", br.Device), true
 	case errors.As(err, &cl):
-		return exitInvalidData, "", true
+		return exitInvalidData, fmt.Sprintf("nothing was written; to keep the current contents and drop the damaged checkpoint: snapctl bow restore %s --roll-forward-on-corruption", cl.Device), true
 	case errors.As(err, &nol):
-		return exitRefused, "", true
+		return exitRefused, fmt.Sprintf("%s holds no bow checkpoint: there is nothing to restore or commit (take one with snapctl bow serve and snapctl bow checkpoint)", nol.Device), true
 	case errors.As(err, &bz):
 		return exitRefused, fmt.Sprintf("%s is in use by another server: stop it (nbd-client -d %s) or pick another --nbd device", bz.Path, bz.Path), true
 	case errors.As(err, &nn):
