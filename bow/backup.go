@@ -2,7 +2,11 @@ package bow
 
 import (
 	"fmt"
+	"sync"
 )
+
+// dataWriters bounds the goroutines writing one batch's data.
+const dataWriters = 8
 
 // copyTask is one backup: n blocks from src to dst. sum says whether the
 // log entry carries a checksum (not for moves of the live block 0, whose
@@ -155,29 +159,45 @@ func maxCopyBlocks(pl plan) uint64 {
 	return m
 }
 
-// commitItem is one writer's share of a group commit.
+// commitItem is one write's share of a group commit: the log entries of
+// its backups, and the data to write once they are durable.
 type commitItem struct {
 	entries []Entry
 	setZero bool
 	zero    uint64
+	req     *lockReq // released once the data is written
+	data    []byte
+	off     int64
+	lo, hi  uint64
 	err     error
-	done    chan struct{}
+	done    chan struct{} // closed when complete, for write-through
 }
 
-// commit makes its entries durable in the log. The first writer to arrive
-// leads: it takes everything queued, flushes once so that all their
-// backups are durable, appends all the entries, writes the log block and
-// flushes again; writers arriving meanwhile queue up for the next round.
-func (e *Engine) commit(it *commitItem) error {
-	it.done = make(chan struct{})
+// submit queues it for the next group commit, starting the committer if
+// none is running. It waits while too much acknowledged data is queued.
+func (e *Engine) submit(it *commitItem) {
+	n := int64(len(it.data))
 	e.cmu.Lock()
-	e.queue = append(e.queue, it)
-	if e.leading {
-		e.cmu.Unlock()
-		<-it.done
-		return it.err
+	for e.opts.WriteBack > 0 && e.buffered > 0 && e.buffered+n > e.opts.WriteBack {
+		e.ccond.Wait()
 	}
-	e.leading = true
+	e.buffered += n
+	e.submitted++
+	e.queue = append(e.queue, it)
+	if !e.leading {
+		e.leading = true
+		go e.runCommits()
+	}
+	e.cmu.Unlock()
+}
+
+// runCommits is the group commit. It takes everything queued, flushes once
+// so that all their backups are durable, appends all the entries, writes
+// the log block and flushes again; then it writes the items' data and
+// releases their locks. Writes arriving meanwhile queue up for the next
+// round, so concurrent writers share flushes.
+func (e *Engine) runCommits() {
+	e.cmu.Lock()
 	for len(e.queue) > 0 {
 		batch := e.queue
 		e.queue = nil
@@ -186,15 +206,38 @@ func (e *Engine) commit(it *commitItem) error {
 		if err != nil {
 			e.setBroken(err)
 		}
-		for _, b := range batch {
-			b.err = err
-			close(b.done)
+		// The items' ranges are disjoint (each holds its lock), so their
+		// data is written in parallel.
+		var n int64
+		var wg sync.WaitGroup
+		sem := make(chan struct{}, dataWriters)
+		for _, it := range batch {
+			n += int64(len(it.data))
+			wg.Add(1)
+			sem <- struct{}{}
+			go func(it *commitItem) {
+				defer wg.Done()
+				it.err = err
+				if it.err == nil {
+					if it.err = e.writeData(it.data, it.off, it.lo, it.hi); it.err != nil {
+						e.setBroken(it.err)
+					}
+				}
+				e.unlock(it.req)
+				if it.done != nil {
+					close(it.done)
+				}
+				<-sem
+			}(it)
 		}
+		wg.Wait()
 		e.cmu.Lock()
+		e.buffered -= n
+		e.completed += uint64(len(batch))
+		e.ccond.Broadcast()
 	}
 	e.leading = false
 	e.cmu.Unlock()
-	return it.err
 }
 
 type logCopy struct {

@@ -134,12 +134,12 @@ type crashRun struct {
 	writes, enospc       int
 }
 
-func runCrashWorkload(t *testing.T, bs, blocks int64, writers, writesEach int, seed uint64) *crashRun {
+func runCrashWorkload(t *testing.T, bs, blocks int64, writers, writesEach int, seed uint64, writeBack int64) *crashRun {
 	t.Helper()
 	size := bs * blocks
 	base := pattern(size, seed)
 	dev := newCrashDev(base)
-	e, err := Open(dev, Options{BlockSize: bs})
+	e, err := Open(dev, Options{BlockSize: bs, WriteBack: writeBack})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -246,14 +246,16 @@ func TestCrashPoints(t *testing.T) {
 		bs, blocks    int64
 		writers, each int
 		step          int
+		writeBack     int64
 	}{
-		{"sequential 512", 512, 256, 1, 1200, 1},
-		{"concurrent 4096", 4096, 128, 4, 300, 2},
-		{"concurrent 1024", 1024, 128, 3, 350, 1},
+		{"sequential 512 write-through", 512, 256, 1, 1200, 1, -1},
+		{"sequential 512 write-back", 512, 256, 1, 1200, 1, 0},
+		{"concurrent 4096 write-back", 4096, 128, 4, 300, 2, 0},
+		{"concurrent 1024 write-through", 1024, 128, 3, 350, 1, -1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r := runCrashWorkload(t, tt.bs, tt.blocks, tt.writers, tt.each, 42)
+			r := runCrashWorkload(t, tt.bs, tt.blocks, tt.writers, tt.each, 42, tt.writeBack)
 			if r.writes+r.enospc < 1000 {
 				t.Fatalf("got %d writes, want at least 1000", r.writes+r.enospc)
 			}
@@ -295,7 +297,7 @@ func TestCrashPoints(t *testing.T) {
 func TestRestoreCrash(t *testing.T) {
 	for _, bs := range []int64{512, 4096} {
 		t.Run(fmt.Sprint(bs), func(t *testing.T) {
-			r := runCrashWorkload(t, bs, 128, 1, 1000, 9)
+			r := runCrashWorkload(t, bs, 128, 1, 1000, 9, 0)
 			rng := rand.New(rand.NewPCG(9, 9))
 			images, points := 0, 0
 			// Crash images from throughout the checkpoint, each crashed

@@ -36,6 +36,12 @@ type Options struct {
 	// PassThrough opens a device without a checkpoint in the committed
 	// state: no tracking, discards passed down.
 	PassThrough bool
+	// WriteBack bounds the bytes of acknowledged checkpoint writes whose
+	// data waits for their backups to be logged (the next group commit,
+	// which runs in the background); reads see them, and Flush, state
+	// changes and Close wait for them. 0 means 32 MiB; a negative value
+	// makes every write wait for its log (write-through).
+	WriteBack int64
 }
 
 // Engine is a userspace dm-bow: a block device that, once checkpointed,
@@ -76,9 +82,13 @@ type Engine struct {
 	lowWarn  bool
 	st       counters
 
-	cmu     sync.Mutex // guards queue and leading (group commit)
-	queue   []*commitItem
-	leading bool
+	cmu       sync.Mutex // guards the group-commit fields below
+	ccond     *sync.Cond // signalled when a batch completes
+	queue     []*commitItem
+	leading   bool
+	submitted uint64 // items queued so far
+	completed uint64 // items whose data is on the device
+	buffered  int64  // data bytes of queued items
 
 	fl      flusher
 	writes  atomic.Uint64
@@ -121,6 +131,7 @@ type Status struct {
 
 const (
 	defaultBlockSize = 4096
+	defaultWriteBack = 32 << 20
 	maxEntryBytes    = 4 << 20   // largest backup one log entry describes
 	copyChunk        = 256 << 10 // buffer for copying backups
 )
@@ -179,6 +190,10 @@ func Open(dev Device, opts Options) (*Engine, error) {
 		logBuf: make([]byte, bs),
 	}
 	e.cond = sync.NewCond(&e.mu)
+	e.ccond = sync.NewCond(&e.cmu)
+	if e.opts.WriteBack == 0 {
+		e.opts.WriteBack = defaultWriteBack
+	}
 	e.rm = newRangeMap(e.blocks)
 	if hasLog {
 		if opts.PassThrough {
@@ -249,9 +264,9 @@ func (e *Engine) ReadAt(p []byte, off int64) (int, error) {
 	}
 	e.reads.Add(1)
 	lo, hi := e.blockSpan(off, int64(len(p)))
-	if e.State() == StateCheckpoint && lo == 0 {
+	if e.State() == StateCheckpoint {
 		e.mu.Lock()
-		r := e.lockRange(0, 1)
+		r := e.lockShared(lo, hi)
 		e.mu.Unlock()
 		defer e.unlock(r)
 	}
@@ -347,21 +362,33 @@ func (e *Engine) writeCheckpoint(p []byte, off int64) (err error, full bool) {
 	}
 	low := e.lowSpaceLocked()
 	e.mu.Unlock()
-	defer e.unlock(r)
 	if low != nil && e.opts.OnLowSpace != nil {
 		e.opts.OnLowSpace(*low)
 	}
-	if len(pl.copies) > 0 {
-		ents, err := e.copyOut(pl)
-		if err != nil {
-			e.setBroken(err)
-			return err, false
-		}
-		if err := e.commit(&commitItem{entries: ents, setZero: pl.setZero, zero: pl.zero}); err != nil {
-			return err, false
-		}
+	if len(pl.copies) == 0 {
+		defer e.unlock(r)
+		return e.writeData(p, off, lo, hi), false
 	}
-	return e.writeData(p, off, lo, hi), false
+	ents, err := e.copyOut(pl)
+	if err != nil {
+		e.setBroken(err)
+		e.unlock(r)
+		return err, false
+	}
+	// The data may land only once the backups are logged durably. The
+	// group commit writes it and releases the lock; until then reads of
+	// the range wait for it.
+	it := &commitItem{entries: ents, setZero: pl.setZero, zero: pl.zero, req: r, off: off, lo: lo, hi: hi}
+	if e.opts.WriteBack < 0 {
+		it.data = p
+		it.done = make(chan struct{})
+		e.submit(it)
+		<-it.done
+		return it.err, false
+	}
+	it.data = append([]byte(nil), p...)
+	e.submit(it)
+	return nil, false
 }
 
 // writeData writes p at off to blocks [lo, hi) the caller has locked,
@@ -478,7 +505,27 @@ func (e *Engine) Flush() error {
 	if e.closed {
 		return ErrClosed
 	}
+	if err := e.drain(); err != nil {
+		return err
+	}
 	return e.fl.flush(e.dev)
+}
+
+// drain waits until every write queued so far has its data on the device,
+// and reports a failure of the background commits.
+func (e *Engine) drain() error {
+	e.cmu.Lock()
+	target := e.submitted
+	for e.completed < target {
+		e.ccond.Wait()
+	}
+	e.cmu.Unlock()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.broken != nil {
+		return ErrBroken{Device: e.name, Cause: e.broken}
+	}
+	return nil
 }
 
 // Checkpoint moves from trim to checkpoint state: the contents of every
@@ -502,6 +549,9 @@ func (e *Engine) SetState(s State) error {
 	if s != cur+1 {
 		return ErrTransition{From: cur, To: s}
 	}
+	if err := e.drain(); err != nil {
+		return err
+	}
 	if s == StateCheckpoint {
 		return e.startCheckpoint()
 	}
@@ -519,7 +569,10 @@ func (e *Engine) commitOnFull() error {
 		e.tr.Unlock()
 		return nil // someone else committed meanwhile
 	}
-	err := e.finishCheckpoint()
+	err := e.drain()
+	if err == nil {
+		err = e.finishCheckpoint()
+	}
 	if err == nil {
 		e.mu.Lock()
 		e.st.committedOnFull = true
@@ -659,8 +712,12 @@ func (e *Engine) Close() error {
 		return nil
 	}
 	e.closed = true
+	derr := e.drain()
 	if err := e.fl.flush(e.dev); err != nil {
 		return err
+	}
+	if derr != nil {
+		return derr
 	}
 	e.mu.Lock()
 	broken := e.broken
@@ -756,3 +813,6 @@ func (e *Engine) logCopies(extra int) uint64 {
 	per := e.logCap - 1
 	return uint64((p - room + per - 1) / per)
 }
+
+// Trim is Discard under the name the NBD front end uses.
+func (e *Engine) Trim(off, length int64) error { return e.Discard(off, length) }

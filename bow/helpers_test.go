@@ -82,6 +82,9 @@ func diffBlocks(a, b []byte, bs int64, keep func(blk int64) bool) int64 {
 // checkMap verifies the engine's range-map invariants.
 func checkMap(t tbLite, e *Engine) {
 	t.Helper()
+	if err := e.drain(); err != nil {
+		t.Fatalf("drain: %v", err)
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if err := e.rm.check(); err != nil {

@@ -1,13 +1,15 @@
 package bow
 
-// Range locks. Every write, every discard and every read of block 0 in
-// checkpoint state holds a lock on the blocks it touches for as long as it
-// works on them. Requests take a ticket on arrival and are granted in
-// ticket order among those that overlap, so overlapping writes apply in
-// arrival order while disjoint ones run in parallel. A request is granted
-// all its blocks at once, and a granted request never waits for another
-// lock, so there is no deadlock. The table holds only requests in flight,
-// so scanning it costs O(requests in flight), never O(device).
+// Range locks. Every write and discard holds an exclusive lock on the
+// blocks it touches until its data is on the device; in checkpoint state
+// reads hold a shared one (a write whose data waits for its backups to be
+// logged must still be what a read returns). Requests take a ticket on
+// arrival and are granted in ticket order among those that conflict, so
+// overlapping writes apply in arrival order while disjoint ones run in
+// parallel. A request is granted all its blocks at once, and a granted
+// request never waits for another lock, so there is no deadlock. The table
+// holds only requests in flight, so scanning it costs O(requests in
+// flight), never O(device).
 
 type span struct{ lo, hi uint64 }
 
@@ -17,6 +19,7 @@ type lockReq struct {
 	extra   []span // backup destinations, granted with the request
 	ticket  uint64
 	granted bool
+	shared  bool // a read: conflicts only with writes
 }
 
 func (r *lockReq) each(fn func(span) bool) bool {
@@ -58,7 +61,7 @@ func (e *Engine) enqueue(lo, hi uint64) *lockReq {
 // request overlaps r.
 func (e *Engine) grantable(r *lockReq) bool {
 	for _, o := range e.locks {
-		if o == r || !o.granted && o.ticket > r.ticket {
+		if o == r || !o.granted && o.ticket > r.ticket || o.shared && r.shared {
 			continue
 		}
 		if r.overlaps(o) {
@@ -88,6 +91,14 @@ func (e *Engine) waitGrant(r *lockReq, trackZero bool) {
 // lockRange enqueues and waits for [lo, hi). Called with mu held.
 func (e *Engine) lockRange(lo, hi uint64) *lockReq {
 	r := e.enqueue(lo, hi)
+	e.waitGrant(r, false)
+	return r
+}
+
+// lockShared enqueues and waits for a shared lock on [lo, hi).
+func (e *Engine) lockShared(lo, hi uint64) *lockReq {
+	r := e.enqueue(lo, hi)
+	r.shared = true
 	e.waitGrant(r, false)
 	return r
 }

@@ -123,6 +123,7 @@ func runModel(t *rapid.T, bs int64, path string) {
 		BlockSize: bs,
 		OnFull:    FullPolicy(rapid.IntRange(0, 1).Draw(t, "onFull")),
 		StatePath: path + ".state",
+		WriteBack: []int64{-1, 0, 3000}[rapid.IntRange(0, 2).Draw(t, "writeBack")],
 	}
 	e, err := Open(dev, opts)
 	if err != nil {
