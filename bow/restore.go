@@ -14,8 +14,9 @@ type RestoreOptions struct {
 	// fails validation: the live block 0 is copied home, which drops the
 	// checkpoint (an offline commit). Without it a corrupt chain is refused.
 	RollForwardOnCorruption bool
-	// Progress, when set, is called after each entry is replayed.
-	Progress func(done, total int)
+	// Progress, when set, is called after each entry is replayed with the
+	// bytes copied back so far and in all.
+	Progress func(done, total int64)
 }
 
 // RestoreSummary reports what Restore did.
@@ -314,10 +315,10 @@ func (c *chain) flush() error {
 // block that an entry replayed since the last mark read from, it records
 // in block 0 that the entries after the current one are done, so that a
 // repeated restore never replays an entry whose backup is gone.
-func (c *chain) replay(progress func(done, total int)) error {
+func (c *chain) replay(progress func(done, total int64)) error {
 	blk := make([]byte, c.bs)
 	buf := make([]byte, copyChunk)
-	done := 0
+	var done int64
 	for seq := int64(c.top.Sequence); seq >= 0; seq-- {
 		if err := c.readBlocks(blk, 0); err != nil {
 			return err
@@ -356,9 +357,9 @@ func (c *chain) replay(progress func(done, total int)) error {
 					return err
 				}
 			}
-			done++
+			done += int64(e.Size)
 			if progress != nil {
-				progress(done, c.entries)
+				progress(done, c.bytes)
 			}
 		}
 	}

@@ -80,11 +80,13 @@ func TestRestoreHandImage(t *testing.T) {
 		t.Errorf("dry run summary: got %+v", sum)
 	}
 	var calls int
-	sum, err = Restore(mem, RestoreOptions{Progress: func(done, total int) {
+	var last int64
+	sum, err = Restore(mem, RestoreOptions{Progress: func(done, total int64) {
 		calls++
-		if total != 5 || done != calls {
-			t.Errorf("progress %d/%d at call %d", done, total, calls)
+		if total != 6*1024 || done <= last || done > total {
+			t.Errorf("progress %d/%d at call %d after %d", done, total, calls, last)
 		}
+		last = done
 	}})
 	if err != nil {
 		t.Fatalf("restore: %v", err)
@@ -92,8 +94,8 @@ func TestRestoreHandImage(t *testing.T) {
 	if got := mem.Bytes()[:8*1024]; !bytes.Equal(got, orig) {
 		t.Fatalf("restored blocks 0-7 differ from the originals at block %d", diffBlocks(got, orig, 1024, nil))
 	}
-	if calls != 5 {
-		t.Errorf("progress called %d times, want 5", calls)
+	if calls != 5 || last != 6*1024 {
+		t.Errorf("progress called %d times ending at %d, want 5 ending at 6144", calls, last)
 	}
 	if _, err := Restore(mem, RestoreOptions{}); !errors.As(err, new(ErrNoLog)) {
 		t.Errorf("second restore: got %v, want ErrNoLog", err)
