@@ -6,7 +6,7 @@ BIN       ?= bin/snapctl
 FUZZTIME  ?= 3000x
 E2E_FLAGS ?= -count=1 -timeout 40m
 
-.PHONY: all build demo test unit fuzz e2e bench deps clean
+.PHONY: all build demo test unit check-units fuzz e2e bench man deps clean
 
 all: build
 
@@ -22,12 +22,20 @@ demo: deps build
 	bin/e2e.test -test.run '^TestDemo$$' -demo
 
 # The full suite: vet, unit tests, short fuzz runs, end-to-end on a real kernel.
-test: unit fuzz e2e
+test: unit check-units fuzz e2e
 
 unit:
 	$(GO) vet ./...
 	$(GO) vet -tags e2e ./e2e/
 	CGO_ENABLED=0 $(GO) test -count=1 ./...
+
+# The systemd units and initramfs hooks: systemd-analyze verify, shell syntax.
+check-units: build
+	BIN=$(BIN) ./scripts/check-units.sh
+
+# Regenerate docs/man from the command tree (a unit test fails when stale).
+man:
+	$(GO) run ./cmd/snapctl gen-docs --man docs/man
 
 fuzz:
 	./scripts/fuzz.sh $(FUZZTIME)

@@ -376,10 +376,15 @@ func (v *volume) buildPrepared(phase Phase) error {
 	return v.prepared(phase)
 }
 
-// prepared records the end of prepare; activate's rebuild records nothing.
+// prepared records the end of prepare; after activate's rebuild it only
+// clears the step the rebuild recorded.
 func (v *volume) prepared(phase Phase) error {
 	if phase != PhasePreparing {
-		return nil
+		if v.rec.Step == "" {
+			return nil
+		}
+		v.rec.Step, v.rec.Command = "", ""
+		return v.save()
 	}
 	return v.settle(PhasePrepared, "prepare", fmt.Sprintf("%s mode, store %s, %d bytes, %d extents", v.rec.Mode, v.rec.Store.Path, v.rec.Store.Bytes, len(v.rec.Store.Segments)))
 }
@@ -495,6 +500,7 @@ func (v *volume) drop(op string) error {
 	default:
 		return &ErrInterrupted{Volume: v.name(), Phase: v.rec.Phase, Step: v.rec.Step, Command: v.rec.Command}
 	}
+	v.rec.Scheduled = ""
 	if err := v.step(PhaseDropping, "drop:collapse"); err != nil {
 		return err
 	}
@@ -570,6 +576,7 @@ func (v *volume) merge(op string, wait bool) error {
 	default:
 		return &ErrInterrupted{Volume: v.name(), Phase: v.rec.Phase, Step: v.rec.Step, Command: v.rec.Command}
 	}
+	v.rec.Scheduled = "" // a scheduled rollback is now under way
 	if err := v.step(PhaseMerging, "merge:handover"); err != nil {
 		return err
 	}
@@ -739,10 +746,15 @@ func (m *Manager) activateOpts(v *volume, o ActivateOptions) error {
 	case PhaseGrowing:
 		return v.finishGrow()
 	case PhasePrepared:
+		// After a reboot nothing exists: build the stack first, then run a
+		// rollback scheduled with --at-next-activate on top of it.
+		if err := v.buildPrepared(PhasePrepared); err != nil {
+			return err
+		}
 		if v.rec.Scheduled == "rollback" {
 			return v.rollback(o.Wait)
 		}
-		return v.buildPrepared(PhasePrepared)
+		return nil
 	}
 	return fmt.Errorf("unknown phase %q", v.rec.Phase)
 }

@@ -3,6 +3,7 @@ package snapshot
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/snapctl/snapctl/cowsize"
@@ -61,6 +62,7 @@ func (m *Manager) Status(name string) (*VolumeStatus, error) {
 	}
 	s := &VolumeStatus{SchemaVersion: 1, Name: name, Mode: rec.Mode, Phase: rec.Phase, Step: rec.Step, Command: rec.Command,
 		Scheduled: rec.Scheduled, Origin: rec.Origin, Store: rec.Store, History: rec.History}
+	s.Devices = []DeviceStatus{}
 	if rec.Store != nil {
 		s.Extents = len(rec.Store.Segments)
 	}
@@ -178,6 +180,16 @@ func (m *Manager) monitorOne(name string, o MonitorOptions, warned map[string]st
 	s, err := m.Status(name)
 	if err != nil {
 		report(fmt.Sprintf("cannot read status: %v", err), true)
+		return
+	}
+	if s.Phase == PhaseMerging && !strings.HasPrefix(s.Step, "merge:offline") {
+		// Finish a merge the kernel completed (after a reboot, or after
+		// --no-wait); one still running is left to the kernel.
+		if err := m.Merge(name, false); err != nil {
+			report(fmt.Sprintf("cannot finish the merge: %v", err), true)
+		} else if st, err := m.Status(name); err == nil && st.Phase == PhaseAttached && o.Report != nil {
+			o.Report(name, "merge complete: the volume is back to linear and its store is deleted", false)
+		}
 		return
 	}
 	if s.Phase != PhasePrepared || s.Usage == nil {

@@ -97,6 +97,16 @@ func (a *app) printf(format string, args ...any) { fmt.Fprintf(a.out, format, ar
 // progressOut is where progress for long work goes: stderr, never stdout.
 func (a *app) progressOut() io.Writer { return a.errOut }
 
+// maxArgs is cobra.MaximumNArgs whose error counts as a usage error.
+func maxArgs(n int) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if err := cobra.MaximumNArgs(n)(cmd, args); err != nil {
+			return usageError{cmd: cmd.CommandPath(), err: err}
+		}
+		return nil
+	}
+}
+
 // exactArgs is cobra.ExactArgs whose error counts as a usage error.
 func exactArgs(n int) cobra.PositionalArgs {
 	return func(cmd *cobra.Command, args []string) error {

@@ -235,6 +235,14 @@ func (a *app) bowServe(cmd *cobra.Command, dev string, f serveFlags) error {
 		return fmt.Errorf("serve %s: state directory: %w", dev, err)
 	}
 	warn := slog.New(slog.NewTextHandler(a.errOut, nil))
+	// Catch the stop signals from the start: killed by one midway through
+	// the setup, the server would leave a checkpoint without its map.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+	if err := removeStaleSocket(f.control); err != nil {
+		return err
+	}
 
 	d, err := bow.OpenFile(dev)
 	if err != nil {
@@ -275,12 +283,6 @@ func (a *app) bowServe(cmd *cobra.Command, dev string, f serveFlags) error {
 		BlockSize: int(e.BlockSize()),
 		Log:       warn,
 	})
-	st := &serveState{e: e, srv: srv, nbd: f.nbdPath, listen: f.listen, statePath: f.state}
-	ctl, err := listenControl(f.control, st)
-	if err != nil {
-		return errors.Join(err, closeEngine())
-	}
-	defer ctl.Close()
 	if err := nbd.Harden(); err != nil {
 		a.log.Debug("bow: hardening the server process (best effort)", "err", err)
 	}
@@ -338,9 +340,13 @@ func (a *app) bowServe(cmd *cobra.Command, dev string, f serveFlags) error {
 		}
 	}
 
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
-	defer signal.Stop(sigs)
+	// The control socket comes last: a server that answers is serving.
+	st := &serveState{e: e, srv: srv, nbd: f.nbdPath, listen: f.listen, statePath: f.state}
+	ctl, err := listenControl(f.control, st)
+	if err != nil {
+		return errors.Join(err, stop(), closeEngine())
+	}
+	defer ctl.Close()
 	where := f.nbdPath
 	if where == "" {
 		where = f.listen

@@ -277,6 +277,8 @@ func classifyCowSize(err error) (int, string, bool) {
 		return exitUsage, "use --chunk-size 4K (the default) or another power of two up to 512K", true
 	case errors.As(err, new(cowsize.ErrTooLarge)):
 		return exitInvalidData, "", true
+	case errors.As(err, new(cowsize.ErrStoreTooSmall)):
+		return exitRefused, "give a larger --size: `snapctl cow-size --chunks N` computes the size that holds N chunks", true
 	}
 	return 0, "", false
 }

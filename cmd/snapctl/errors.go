@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"os"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -42,6 +43,10 @@ func classify(err error) (int, string) {
 	var u usageError
 	if errors.As(err, &u) {
 		return exitUsage, ""
+	}
+	// cobra's own argument errors: an unknown command or flag.
+	if msg := err.Error(); strings.HasPrefix(msg, "unknown command ") || strings.HasPrefix(msg, "unknown flag") || strings.HasPrefix(msg, "unknown shorthand flag") {
+		return exitUsage, "see `snapctl --help`"
 	}
 	for _, c := range classifiers {
 		if code, hint, ok := c(err); ok {

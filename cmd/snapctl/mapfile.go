@@ -138,9 +138,9 @@ func classifyFiemap(err error) (int, string, bool) {
 	case errors.As(err, &mismatch):
 		return exitInvalidData, "", true
 	case errors.As(err, &size):
-		return exitUsage, "", true
+		return exitUsage, "give a positive --size that is a multiple of the chunk size, e.g. --size 64M", true
 	case errors.As(err, &exists):
-		return exitRefused, "", true
+		return exitRefused, "choose another --store path, or remove the file if no volume uses it (check with `snapctl status`)", true
 	case errors.As(err, &noSpace):
 		return exitRefused, "free space on the store's filesystem or choose a smaller store (snapctl cow-size computes the exact size)", true
 	}

@@ -275,7 +275,7 @@ func newStatusCmd(a *app) *cobra.Command {
 tables, the store (path, size, extent count), its usage from the kernel (data
 chunks used, percent full, chunks left, Invalid/Overflow) and merge progress.
 --json prints a stable object per volume (schema_version 1, see docs/json.md).`,
-		Args: cobra.MaximumNArgs(1),
+		Args: maxArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			m, err := a.manager(cmd)
 			if err != nil {
@@ -287,7 +287,7 @@ chunks used, percent full, chunks left, Invalid/Overflow) and merge progress.
 					return err
 				}
 			}
-			var all []*snapshot.VolumeStatus
+			all := []*snapshot.VolumeStatus{}
 			for _, n := range names {
 				s, err := m.Status(n)
 				if err != nil {
@@ -432,7 +432,7 @@ kernel goes on merging; 'snapctl merge NAME' again, or 'snapctl activate
 
 --offline merges in userspace instead, with the volume deactivated: see
 'snapctl merge --offline --help'.`,
-		Args: cobra.RangeArgs(0, 1),
+		Args: maxArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if offline.enabled {
 				return runOfflineMergeCmd(cmd, a, args, offline)
@@ -576,6 +576,7 @@ func classifyVolumeErr(err error) (int, string, bool) {
 		noSpace   *snapshot.ErrNoSpace
 		onOrigin  *snapshot.ErrStoreOnOrigin
 		unsafeDir *snapshot.ErrUnsafeStateDir
+		active    *snapshot.ErrActive
 	)
 	switch {
 	case errors.As(err, &busy):
@@ -604,6 +605,8 @@ func classifyVolumeErr(err error) (int, string, bool) {
 		return exitRefused, "give a smaller --size, free space, or put the store on another filesystem", true
 	case errors.As(err, &onOrigin):
 		return exitRefused, "put the store on a filesystem on another device", true
+	case errors.As(err, &active):
+		return exitRefused, "tear its devices down first: `snapctl deactivate " + active.Volume + "`", true
 	case errors.As(err, &unsafeDir):
 		return exitRefused, "use --state-dir (or SNAPCTL_STATE_DIR) with a root-owned 0700 directory on a device that is not snapshotted", true
 	}
