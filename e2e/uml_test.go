@@ -233,7 +233,7 @@ func (m *Machine) Run(t testing.TB, opts RunOptions) Result {
 	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.Timeout)
 	defer cancel()
 	cmd := exec.Command("linux.uml", args...)
-	cmd.Env = append(os.Environ(), "LD_PRELOAD="+shimPath, "TMPDIR="+run)
+	cmd.Env = append(os.Environ(), "LD_PRELOAD="+shimPath, "TMPDIR="+umlTmp(run))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Stdin = nil
 	pr, pw := io.Pipe()
@@ -288,6 +288,17 @@ func (m *Machine) Run(t testing.TB, opts RunOptions) Result {
 		t.Logf("linux.uml exited (%v) without a status from the guest program", werr)
 	}
 	return r
+}
+
+// umlTmp is where UML keeps the file behind the guest's memory: a tmpfs if
+// the host has one (otherwise every guest page is written back to disk),
+// else the boot's own directory.
+func umlTmp(fallback string) string {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs("/dev/shm", &st); err == nil && st.Type == 0x01021994 { // TMPFS_MAGIC
+		return "/dev/shm"
+	}
+	return fallback
 }
 
 // guestInit prepares the guest: pseudo file systems, a private /run, and the
