@@ -5,8 +5,13 @@ import (
 	"sync"
 )
 
-// dataWriters bounds the goroutines writing one batch's data.
-const dataWriters = 8
+const (
+	// dataWriters bounds the goroutines writing one batch's data.
+	dataWriters = 8
+	// maxQueued bounds the writes waiting for a group commit, which keeps
+	// the range-lock table (scanned per request) short.
+	maxQueued = 512
+)
 
 // copyTask is one backup: n blocks from src to dst. sum says whether the
 // log entry carries a checksum (not for moves of the live block 0, whose
@@ -178,7 +183,7 @@ type commitItem struct {
 func (e *Engine) submit(it *commitItem) {
 	n := int64(len(it.data))
 	e.cmu.Lock()
-	for e.opts.WriteBack > 0 && e.buffered > 0 && e.buffered+n > e.opts.WriteBack {
+	for e.opts.WriteBack > 0 && e.buffered > 0 && (e.buffered+n > e.opts.WriteBack || e.submitted-e.completed >= maxQueued) {
 		e.ccond.Wait()
 	}
 	e.buffered += n

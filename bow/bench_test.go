@@ -1,6 +1,7 @@
 package bow
 
 import (
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -9,31 +10,33 @@ import (
 // BenchmarkCheckpointWrite measures write throughput in checkpoint state,
 // into free space and over existing data, against pass-through on the same
 // image file in the same run: the raw file, and the engine in committed
-// state. Sixteen writers write 64 KiB chunks, each chunk once (so every
-// overwrite needs a backup). "sync" flushes after every write, as a
+// state. Sixteen writers write 4 KiB or 64 KiB chunks (4 or 16 MiB in
+// all), each chunk once, so every overwrite needs a backup. "sync" flushes after every write, as a
 // journalling filesystem's commits do; "buffered" flushes once at the end.
 // Ratios are reported against the engine's own pass-through (committed
 // state) over the same half of the image. Run with TMPDIR on a tmpfs to see
 // the engine's CPU cost alone, on a disk to include flush costs.
 func BenchmarkCheckpointWrite(b *testing.B) {
-	for _, sync := range []bool{true, false} {
-		name := "buffered"
-		if sync {
-			name = "sync"
+	for _, w := range []struct {
+		chunk, writes int // chunk size; writes per writer
+	}{{4 << 10, 64}, {64 << 10, 16}} {
+		for _, sync := range []bool{true, false} {
+			name := fmt.Sprintf("%dK/buffered", w.chunk>>10)
+			if sync {
+				name = fmt.Sprintf("%dK/sync", w.chunk>>10)
+			}
+			b.Run(name, func(b *testing.B) { benchWrite(b, sync, w.chunk, w.writes) })
 		}
-		b.Run(name, func(b *testing.B) { benchWrite(b, sync) })
 	}
 }
 
 const (
 	benchBS      = 4096
 	benchImage   = 64 << 20
-	benchChunk   = 64 << 10
 	benchWriters = 16
-	benchWrites  = 16 // per writer: 16 MiB in all
 )
 
-func benchWrite(b *testing.B, syncEach bool) {
+func benchWrite(b *testing.B, syncEach bool, benchChunk, benchWrites int) {
 	_, f := newImage(b, benchImage, 1)
 	half := int64(benchImage / 2)
 	// workload writes benchWriters*benchWrites distinct chunks from base.
@@ -52,9 +55,9 @@ func benchWrite(b *testing.B, syncEach bool) {
 			wg.Add(1)
 			go func(w int) {
 				defer wg.Done()
-				p := pattern(benchChunk, uint64(w))
+				p := pattern(int64(benchChunk), uint64(w))
 				for i := 0; i < benchWrites; i++ {
-					off := base + int64(i*benchWriters+w)*benchChunk
+					off := base + int64((i*benchWriters+w)*benchChunk)
 					if _, err := d.WriteAt(p, off); err != nil {
 						b.Error(err)
 						return
