@@ -55,7 +55,8 @@
 // # Durability
 //
 // For every write that needs backups the engine keeps the order backup,
-// then log, then data, each made durable before the next is issued: a
+// then log, then data: the backups are durable before the log block naming
+// them is written, and that is durable before the data is issued, so a
 // crash at any point leaves a log that restores the checkpoint exactly.
 // Writes are grouped: a background group commit takes every write queued
 // meanwhile, flushes once so all their backups are durable, appends all
@@ -63,7 +64,8 @@
 // their data. A write is acknowledged once its backups are copied; reads
 // of its range wait until its data is on the device, and Flush waits for
 // everything queued before it (Options.WriteBack bounds the queue, or
-// turns this off). Writes to disjoint ranges run in parallel; overlapping
+// turns this off). As with any volatile write cache, what was written but
+// not flushed may be lost in a crash; the checkpoint never is. Writes to disjoint ranges run in parallel; overlapping
 // ones are applied in arrival order (range locks granted by ticket). No
 // lock is held across device I/O except the range lock of the blocks the
 // I/O touches.
