@@ -610,66 +610,131 @@ func TestMergeKill(t *testing.T) {
 	t.Logf("uninterrupted offline merge: %d exceptions, %d bytes in %v (%.1f MB/s by the command's clock)",
 		res.Exceptions, res.Copied, full.Round(time.Millisecond), float64(res.Copied)/1e6/res.Seconds)
 
+	// Kills alternate between two kinds of moment: a random delay after
+	// the start (reading the store, copying the first windows), and a
+	// random delay after the run writes a new progress record (after the
+	// checkpoint at 256 MiB, or after the final record and before the store
+	// is invalidated). After a kill of the second kind the rerun must resume
+	// from the record, not start over.
+	// whole estimates a run from nothing (the first run was slower than
+	// most); a run resumed from the checkpoint has under a fifth of the
+	// copy left (256 of 312 MiB were done), and a run past the checkpoint
+	// as much.
 	rng := rand.New(rand.NewPCG(seed, 0x4b111))
-	hi := full
+	whole := full
+	hi := full / 5
 	var log []string
-	kills, early, resumed := 0, 0, 0
+	kills, afterRecord, early := 0, 0, 0
 	for round := 1; kills < 10; round++ {
 		if round > 12 {
 			t.Fatalf("only %d kills landed in %d rounds (%d runs finished before their kill)", kills, round-1, early)
 		}
 		fresh()
+		recorded := false // a run of this round was killed after writing a record
 		for k := 0; ; k++ {
-			kill := k < 4 // then let the round finish
-			var delay time.Duration
-			if kill {
-				// A round's first run starts from nothing and takes
-				// about `full`; later ones may resume and be shorter.
-				runHi := hi
-				if k == 0 {
-					runHi = full
+			kill := mgKill{}
+			if k < 4 { // then let the round finish
+				kill.record = k%2 == 1
+				switch {
+				case kill.record:
+					kill.delay = time.Duration(rng.Int64N(int64(whole / 10)))
+				case k == 0: // from nothing
+					kill.delay = time.Duration(rng.Int64N(int64(whole)))
+				default: // may resume: shorter
+					kill.delay = time.Duration(rng.Int64N(int64(hi)))
 				}
-				delay = time.Duration(rng.Int64N(int64(runHi)))
 			}
-			killed, out, dur := mgRunKilled(t, args, kill, delay)
-			switch {
-			case killed:
+			killed, out, dur := mgRunKilled(t, args, pf, kill)
+			if killed {
 				kills++
-				log = append(log, fmt.Sprintf("round %d run %d: killed after %v", round, k+1, delay.Round(time.Millisecond)))
+				if kill.record {
+					afterRecord++
+					recorded = true
+				}
+				log = append(log, fmt.Sprintf("round %d run %d: killed %v", round, k+1, kill))
 				continue
-			case kill:
+			}
+			if kill.delay > 0 || kill.record {
 				early++
-				hi = max(delay*7/10, 20*time.Millisecond)
-				log = append(log, fmt.Sprintf("round %d run %d: finished in %v before its kill at %v; next delays below %v",
-					round, k+1, dur.Round(time.Millisecond), delay.Round(time.Millisecond), hi))
+				switch {
+				case k == 0:
+					whole = dur
+				case !kill.record:
+					hi = max(kill.delay*7/10, 20*time.Millisecond)
+				}
+				log = append(log, fmt.Sprintf("round %d run %d: finished in %v before its kill %v; next delays below %v (from the start), %v (later runs)",
+					round, k+1, dur.Round(time.Millisecond), kill, whole.Round(time.Millisecond), hi.Round(time.Millisecond)))
 			}
 			r := mgParseResult(t, out)
-			if r.Resumed > 0 {
-				resumed++
-			}
 			log = append(log, fmt.Sprintf("round %d run %d: completed, resumed after %d of %d exceptions, copied %d bytes",
 				round, k+1, r.Resumed, r.Exceptions, r.Copied))
+			if recorded && r.Resumed == 0 {
+				t.Errorf("round %d: a run was killed after writing a progress record, but the completing run started over", round)
+			}
+			if r.Resumed+int(r.Copied/spec.chunk) < r.Exceptions || !r.Invalidated {
+				t.Errorf("round %d: completing run %+v: resumed + copied do not cover every exception, or the store was not invalidated", round, r)
+			}
 			break
 		}
 		check(fmt.Sprintf("round %d", round))
 	}
-	t.Logf("%d kills, %d runs finished before their kill, %d completing runs resumed from a progress record:\n%s",
-		kills, early, resumed, strings.Join(log, "\n"))
+	t.Logf("%d kills (%d after a progress record), %d runs finished before their kill:\n%s",
+		kills, afterRecord, early, strings.Join(log, "\n"))
 }
 
-// mgRunKilled runs snapctl and, if kill, sends it SIGKILL after delay. It
-// reports whether the signal ended it, its stdout, and its run time; any
-// other failure fails the test.
-func mgRunKilled(t testing.TB, args []string, kill bool, delay time.Duration) (bool, string, time.Duration) {
+// mgKill says when mgRunKilled kills: delay after the start, or with
+// record, delay after the run replaces the progress record. The zero value
+// never kills.
+type mgKill struct {
+	record bool
+	delay  time.Duration
+}
+
+func (k mgKill) String() string {
+	if k.record {
+		return fmt.Sprintf("%v after a new progress record", k.delay.Round(time.Millisecond))
+	}
+	return fmt.Sprintf("after %v", k.delay.Round(time.Millisecond))
+}
+
+// mgRunKilled runs snapctl and kills it with SIGKILL as kill says; pf is
+// the progress record to watch. It reports whether the signal ended it,
+// its stdout, and its run time; any other failure fails the test.
+func mgRunKilled(t testing.TB, args []string, pf string, kill mgKill) (bool, string, time.Duration) {
 	t.Helper()
+	inode := func() uint64 {
+		var st unix.Stat_t
+		if unix.Stat(pf, &st) != nil {
+			return 0
+		}
+		return st.Ino
+	}
+	before := inode()
 	var stdout, stderr bytes.Buffer
 	cmd := exec.Command(snapctlBin, args...)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	start := time.Now()
 	must(t, cmd.Start())
-	if kill {
-		tm := time.AfterFunc(delay, func() { cmd.Process.Signal(syscall.SIGKILL) })
-		defer tm.Stop()
+	done := make(chan struct{})
+	defer close(done)
+	if kill.delay > 0 || kill.record {
+		go func() {
+			if kill.record {
+				// The record is replaced by a rename: a new inode.
+				for inode() == before {
+					select {
+					case <-done:
+						return
+					case <-time.After(time.Millisecond):
+					}
+				}
+			}
+			select {
+			case <-done:
+			case <-time.After(kill.delay):
+				cmd.Process.Signal(syscall.SIGKILL)
+			}
+		}()
 	}
 	err := cmd.Wait()
 	dur := time.Since(start)
