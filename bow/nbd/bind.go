@@ -157,7 +157,7 @@ func Bind(path string, s *Server, opts BindOptions) (*Binding, error) {
 
 	deadline := time.Now().Add(opts.Ready)
 	for {
-		if _, ok := servingPID(sysDir); ok {
+		if live(sysDir, blocks*bs) {
 			return b, nil
 		}
 		select {
@@ -259,6 +259,20 @@ func sysBlockDir(path string) (string, error) {
 		return "", ErrNotNBD{Path: path, Reason: "not an NBD device (want /dev/nbdN)"}
 	}
 	return filepath.Join("/sys/block", name), nil
+}
+
+// live reports a device that is connected and has its size: the kernel
+// creates the pid file before it sets the capacity.
+func live(sysDir string, size int64) bool {
+	if _, ok := servingPID(sysDir); !ok {
+		return false
+	}
+	b, err := os.ReadFile(filepath.Join(sysDir, "size"))
+	if err != nil {
+		return false
+	}
+	sectors, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	return err == nil && sectors*512 == size
 }
 
 // servingPID reads the pid of the process serving the device from sysfs;

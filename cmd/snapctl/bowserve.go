@@ -29,27 +29,10 @@ import (
 // response per connection.
 
 func init() {
-	attachBowSubcommands(newBowServeCmd, newBowCheckpointCmd, newBowCommitCmd, newBowStatusCmd)
-	registerClassifier(classifyBowServe)
-}
-
-// attachBowSubcommands adds commands under `snapctl bow`. The bow parent
-// is built by another file's constructor; each constructor in the command
-// list is wrapped so that whichever returns the command named "bow" gets
-// these subcommands added.
-func attachBowSubcommands(subs ...func(*app) *cobra.Command) {
-	for i, c := range commands {
-		orig := c
-		commands[i] = func(a *app) *cobra.Command {
-			cmd := orig(a)
-			if cmd.Name() == "bow" {
-				for _, s := range subs {
-					cmd.AddCommand(s(a))
-				}
-			}
-			return cmd
-		}
+	for _, c := range []func(*app) *cobra.Command{newBowServeCmd, newBowCheckpointCmd, newBowCommitCmd, newBowStatusCmd} {
+		registerBowSubcommand(c)
 	}
+	registerClassifier(classifyBowServe)
 }
 
 // defaultControlDir holds the control sockets of running bow servers.
