@@ -80,17 +80,7 @@ func newDetachCmd(a *app) *cobra.Command {
 		Use:   "detach NAME",
 		Short: "Remove /dev/mapper/NAME of an attached volume and forget it",
 		Args:  exactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			m, err := a.manager(cmd)
-			if err != nil {
-				return err
-			}
-			if err := m.Detach(args[0]); err != nil {
-				return err
-			}
-			a.printf("detached %s\n", args[0])
-			return nil
-		},
+		RunE:  a.volumeOp((*snapshot.Manager).Detach, "detached %s"),
 	}
 }
 
@@ -346,10 +336,33 @@ func (a *app) printStatus(s *snapshot.VolumeStatus) {
 	}
 }
 
-// report prints a volume's status after a command, or its JSON.
+// volumeOp is the RunE of a command that runs one operation on the volume
+// its argument names, with merge progress on stderr, and reports the
+// outcome: done (a format with the volume's name) or, with --json, the
+// volume's status.
+func (a *app) volumeOp(op func(m *snapshot.Manager, name string) error, done string) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		m, err := a.manager(cmd)
+		if err != nil {
+			return err
+		}
+		m.Progress = a.mergeProgress()
+		if err := op(m, args[0]); err != nil {
+			return err
+		}
+		return a.report(m, args[0], fmt.Sprintf(done+"\n", args[0]))
+	}
+}
+
+// report prints a volume's status after a command, or its JSON; for a
+// volume that no longer has a record (detach), the JSON says so.
 func (a *app) report(m *snapshot.Manager, name, human string) error {
 	if a.json {
 		s, err := m.Status(name)
+		var unknown *snapshot.ErrUnknownVolume
+		if errors.As(err, &unknown) {
+			return a.printJSON(map[string]any{"schema_version": 1, "name": name, "phase": "detached"})
+		}
 		if err != nil {
 			return err
 		}
@@ -368,17 +381,7 @@ the filesystem may stay mounted). In update mode it hands the snapshot over to
 snapshot-merge, live (the mounted content does not change), waits for the merge
 and collapses the stack back to linear. Either way the store file is deleted.`,
 		Args: exactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			m, err := a.manager(cmd)
-			if err != nil {
-				return err
-			}
-			m.Progress = a.mergeProgress()
-			if err := m.Commit(args[0]); err != nil {
-				return err
-			}
-			return a.report(m, args[0], fmt.Sprintf("committed %s\n", args[0]))
-		},
+		RunE: a.volumeOp((*snapshot.Manager).Commit, "committed %s"),
 	}
 }
 
@@ -465,16 +468,7 @@ func newDropCmd(a *app) *cobra.Command {
 		Use:   "drop NAME",
 		Short: "Drop the snapshot and delete the store (commit in checkpoint mode, rollback in update mode)",
 		Args:  exactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			m, err := a.manager(cmd)
-			if err != nil {
-				return err
-			}
-			if err := m.Drop(args[0]); err != nil {
-				return err
-			}
-			return a.report(m, args[0], fmt.Sprintf("dropped the snapshot of %s\n", args[0]))
-		},
+		RunE:  a.volumeOp((*snapshot.Manager).Drop, "dropped the snapshot of %s"),
 	}
 }
 
@@ -486,17 +480,7 @@ func newDeactivateCmd(a *app) *cobra.Command {
 record and the store: before shutdown, or before an offline merge. A kernel merge
 under way stops and resumes at the next 'snapctl activate'.`,
 		Args: exactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			m, err := a.manager(cmd)
-			if err != nil {
-				return err
-			}
-			if err := m.Deactivate(args[0]); err != nil {
-				return err
-			}
-			a.printf("deactivated %s\n", args[0])
-			return nil
-		},
+		RunE: a.volumeOp((*snapshot.Manager).Deactivate, "deactivated %s"),
 	}
 }
 
