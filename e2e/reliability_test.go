@@ -340,11 +340,14 @@ func relKillOnce(t *testing.T, tab *relTable, mnt string, v *volume, orig string
 			recovery = "`snapctl " + strings.Join(c.finish, " ") + "` (the merge goes on in the kernel)"
 		}
 	}
+	var soft []string // defects that do not stop the checks
 	if _, err := os.Stat("/dev/mapper/vol"); os.IsNotExist(err) {
 		if killed && c.recovery == nil {
 			// activate is the boot-time command: the volume must be
 			// usable after it.
-			return defect("`snapctl activate --wait vol` reported the volume %s, but /dev/mapper/vol does not exist (a second `snapctl activate vol` creates it)", relRecord(t, v).Phase)
+			msg := fmt.Sprintf("`snapctl activate --wait vol` reported the volume %s, but /dev/mapper/vol does not exist (a second `snapctl activate vol` creates it)", relRecord(t, v).Phase)
+			t.Errorf("%s: DEFECT: %s", what, msg)
+			soft = append(soft, msg)
 		}
 		// an offline merge ends attached but deactivated
 		v.must("activate", "vol")
@@ -393,6 +396,9 @@ func relKillOnce(t *testing.T, tab *relTable, mnt string, v *volume, orig string
 	}
 	if killed {
 		result = "killed; recovered by " + recovery
+	}
+	if len(soft) > 0 {
+		result = "**DEFECT**: " + strings.Join(soft, "; ") + "; " + result
 	}
 	tab.row(c.mode, c.op, at, rec.record(), result, s.Phase, data)
 	return killed, next, true
@@ -570,7 +576,7 @@ func TestReliabilityKillOffline(t *testing.T) {
 			// the merge never started; run it now
 			v.must("merge", "vol", "--offline")
 			recovery = "the merge had not started: `snapctl merge vol --offline`"
-		case round%2 == 0:
+		case round%4 < 2:
 			v.must("merge", "vol", "--offline")
 			recovery = "`snapctl merge vol --offline` (rerun)"
 		default:

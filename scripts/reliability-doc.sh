@@ -44,7 +44,7 @@ crash=$(awk '
 	}' "$log")
 
 kernel=$(grep -m1 -o 'guest kernel [^ ]*' "$log" | cut -d' ' -f3)
-failed=$(grep -E '^( {4})*--- FAIL: ' "$log" | sed -E 's/^ *--- FAIL: //; s/ \(.*//' | sort -u)
+failed=$(grep -E '^( {4})?--- FAIL: |^ *guest\| +--- FAIL: ' "$log" | sed -E 's/^.*--- FAIL: //; s/ \(.*//' | sort -u)
 
 {
 	cat <<'EOF'
@@ -115,7 +115,7 @@ EOF
 	echo "Last run: $(date -u +%Y-%m-%d), guest kernel ${kernel:-?}, go test exit status $status."
 	if [[ -n $failed ]]; then
 		echo
-		echo "Failing tests in that run (each failure is a DEFECT row below):"
+		echo "Failing tests in that run (their cases are the DEFECT rows below; a test with no DEFECT row failed outside its table, e.g. a guest timeout):"
 		echo
 		echo "$failed" | sed 's/^/- /'
 	fi
@@ -143,15 +143,27 @@ EOF
 			body[$2] = body[$2] r "\n"; count[$2]++
 			if (r ~ /\*\*DEFECT\*\*/) { defects = defects "- " title[$2] ": " r "\n" }
 		}
-		$1 == "T" { times = times "| " $2 " | " $3 " |\n" }
 		END {
-			for (i = 1; i <= n; i++) {
-				id = order[i]
+			# A fixed order for the known tables, then any others.
+			split("kill offline-random powercut ioerror security", known, " ")
+			for (i = 1; i in known; i++) if (known[i] in title) { out[++m] = known[i]; seen[known[i]] = 1 }
+			for (i = 1; i <= n; i++) if (!(order[i] in seen)) out[++m] = order[i]
+			for (i = 1; i <= m; i++) {
+				id = out[i]
 				printf "## %s\n\n%d cases.\n\n%s\n%s\n", title[id], count[id], head[id], body[id]
 			}
-			if (times != "") printf "## Guest time per test\n\nWall time of the guest boots (seconds; a power-cut test boots its machine once per round plus once).\n\n| test | seconds |\n|---|---|\n%s\n", times
 			if (defects != "") printf "## Defects found\n\nEvery row marked DEFECT above, for the fixes:\n\n%s\n", defects
 		}' "$rows"
+	# Time per test, as go test reports it on the host (the guest boots
+	# included; a power-cut subtest boots its machine once per round plus once).
+	echo "## Time per test"
+	echo
+	echo "Wall time in that run (seconds), on the machine that ran it; other jobs may have shared its two cores."
+	echo
+	echo "| test | result | seconds |"
+	echo "|---|---|---|"
+	grep -E '^( {4})?--- (PASS|FAIL): Test' "$log" | sed -E 's/^ *--- (PASS|FAIL): ([^ ]+) \(([0-9.]+)s\)/| \2 | \1 | \3 |/'
+	echo
 	cat <<'EOF'
 ## After an I/O error: what to do
 
