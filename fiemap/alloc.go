@@ -353,3 +353,31 @@ func Remove(path string) error {
 	}
 	return nil
 }
+
+// CheckStorePath refuses, before anything is created, a store path that goes
+// through a symbolic link on the store's filesystem or is one (ErrSymlink),
+// as Allocate would.
+func CheckStorePath(path string) error {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return fmt.Errorf("store path %q: %w", path, err)
+	}
+	d, err := os.Open(filepath.Dir(abs))
+	if err != nil {
+		return fmt.Errorf("store path %q: open directory: %w", path, err)
+	}
+	defer d.Close()
+	dst, err := fstat(d)
+	if err != nil {
+		return fmt.Errorf("store path %q: %w", path, err)
+	}
+	if err := checkPath(abs, dst.dev); err != nil {
+		var s ErrSymlink
+		if errors.As(err, &s) {
+			s.Path = path
+			return s
+		}
+		return err
+	}
+	return nil
+}

@@ -4,7 +4,7 @@
 # in the guest), file-system tools, dmsetup (an oracle in tests), and a C
 # compiler for the UML ptrace shim (e2e/umlfpu).
 set -euo pipefail
-pkgs=(user-mode-linux kmod e2fsprogs xfsprogs f2fs-tools dmsetup util-linux gcc libc6-dev make)
+pkgs=(user-mode-linux kmod e2fsprogs xfsprogs f2fs-tools btrfs-progs dmsetup util-linux gcc libc6-dev make)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

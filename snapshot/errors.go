@@ -93,3 +93,37 @@ type ErrStoreOnOrigin struct {
 }
 
 func (e *ErrStoreOnOrigin) Error() string { return fmt.Sprintf("store %s: %s", e.Path, e.Reason) }
+
+// ErrRefused is a request snapctl will not carry out as given: the reason
+// says what is wrong with it. Nothing was changed.
+type ErrRefused struct {
+	Volume string
+	Op     string
+	Reason string
+	Hint   string // what to do instead
+}
+
+func (e *ErrRefused) Error() string {
+	return fmt.Sprintf("%s %q: %s", e.Op, e.Volume, e.Reason)
+}
+
+// ErrOriginBusy is an origin device something else holds open exclusively:
+// a filesystem mounted on it directly, or another device-mapper device.
+type ErrOriginBusy struct {
+	Volume string
+	Path   string
+	Err    error
+}
+
+func (e *ErrOriginBusy) Error() string {
+	return fmt.Sprintf("volume %q: origin %s is in use (a filesystem mounted on it directly, or another device holds it): %v", e.Volume, e.Path, e.Err)
+}
+func (e *ErrOriginBusy) Unwrap() error { return e.Err }
+
+// ErrNotActive is an operation that needs the volume's devices, on a
+// volume whose devices are not there (after deactivate, or a reboot).
+type ErrNotActive struct{ Volume string }
+
+func (e *ErrNotActive) Error() string {
+	return fmt.Sprintf("volume %q is not active (its devices are not there)", e.Volume)
+}

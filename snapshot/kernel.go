@@ -52,8 +52,11 @@ type kernel interface {
 // storeFS is the file system side of the store: the real one allocates
 // with fallocate, maps with FIEMAP and resolves down DM linear stacks.
 type storeFS interface {
-	// devOf is the "major:minor" and size in sectors of a block device path.
-	devOf(path string) (dev string, sectors uint64, err error)
+	// devOf identifies the block device at path: number, size, identity.
+	devOf(path string) (Device, error)
+	// exclusive checks that nothing holds the block device at path
+	// exclusively (a mounted filesystem, another device-mapper device).
+	exclusive(path string) error
 	// fsOf is the filesystem holding path (which need not exist yet): its
 	// device, its free and total bytes.
 	fsOf(path string) (dev string, free, total uint64, err error)

@@ -25,7 +25,10 @@ func (e *ErrBusy) Error() string {
 
 // volumeLock is an exclusive flock on a volume's lock file; the holder
 // writes its pid and command line into the file so others can name it.
-type volumeLock struct{ f *os.File }
+type volumeLock struct {
+	name string
+	f    *os.File
+}
 
 func lockVolume(dir, name, command string) (*volumeLock, error) {
 	p := filepath.Join(dir, name+".lock")
@@ -44,7 +47,7 @@ func lockVolume(dir, name, command string) (*volumeLock, error) {
 	if err := f.Truncate(0); err == nil {
 		fmt.Fprintf(f, "pid %d: %s\n", os.Getpid(), command)
 	}
-	return &volumeLock{f: f}, nil
+	return &volumeLock{name: name, f: f}, nil
 }
 
 func (l *volumeLock) unlock() {

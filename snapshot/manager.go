@@ -83,7 +83,14 @@ func (m *Manager) open(name string) (*volume, error) {
 	return v, nil
 }
 
-func (v *volume) close() { v.lk.unlock() }
+// close unlocks the volume; a volume left without a record (unknown, or
+// refused before it was attached) keeps no lock file either.
+func (v *volume) close() {
+	if _, err := os.Stat(recordPath(v.m.Dir, v.lk.name)); errors.Is(err, os.ErrNotExist) {
+		os.Remove(filepath.Join(v.m.Dir, v.lk.name+".lock"))
+	}
+	v.lk.unlock()
+}
 
 func (v *volume) name() string { return v.rec.Name }
 
@@ -134,14 +141,39 @@ func crashPoint(step string) {
 // checkOrigin verifies that the recorded origin path still names the
 // recorded device with the recorded size.
 func (v *volume) checkOrigin() error {
-	dev, sectors, err := v.m.fs.devOf(v.rec.Origin.Path)
+	rec := v.rec.Origin
+	now, err := v.m.fs.devOf(rec.Path)
 	if err != nil {
 		return fmt.Errorf("volume %q: origin: %w", v.name(), err)
 	}
-	if dev != v.rec.Origin.Dev || sectors != v.rec.Origin.Sectors {
-		return &ErrDeviceChanged{Volume: v.name(), Path: v.rec.Origin.Path,
-			Recorded: fmt.Sprintf("%s, %d sectors", v.rec.Origin.Dev, v.rec.Origin.Sectors),
-			Now:      fmt.Sprintf("%s, %d sectors", dev, sectors)}
+	if now.Dev != rec.Dev || now.Sectors != rec.Sectors || (rec.ID != "" && now.ID != rec.ID) {
+		return &ErrDeviceChanged{Volume: v.name(), Path: rec.Path,
+			Recorded: describeDev(rec), Now: describeDev(now)}
+	}
+	return nil
+}
+
+func describeDev(d Device) string {
+	s := fmt.Sprintf("%s, %d sectors", d.Dev, d.Sectors)
+	if d.ID != "" {
+		s += ", " + d.ID
+	}
+	return s
+}
+
+// checkFree refuses an origin that something holds exclusively, unless it
+// is the volume's own device-mapper stack that holds it.
+func (v *volume) checkFree() error {
+	if inf, err := v.m.k.info(v.name()); err != nil || inf.Exists {
+		return err
+	}
+	for _, d := range []string{realName(v.name()), baseName(v.name())} {
+		if inf, err := v.m.k.info(d); err != nil || inf.Exists {
+			return err
+		}
+	}
+	if err := v.m.fs.exclusive(v.rec.Origin.Path); err != nil {
+		return &ErrOriginBusy{Volume: v.name(), Path: v.rec.Origin.Path, Err: err}
 	}
 	return nil
 }
@@ -159,18 +191,19 @@ func (m *Manager) Attach(name, origin string) error {
 	var unknown *ErrUnknownVolume
 	switch {
 	case errors.As(err, &unknown):
-		dev, sectors, err := m.fs.devOf(origin)
+		d, err := m.fs.devOf(origin)
 		if err != nil {
 			return fmt.Errorf("attach %q: %w", name, err)
 		}
-		v.rec = &Record{Name: name, Phase: PhaseAttached, Origin: Device{Path: origin, Dev: dev, Sectors: sectors}}
+		v.rec = &Record{Name: name, Phase: PhaseAttached, Origin: d}
 	case err != nil:
 		return err
 	default:
 		v.rec = rec
 		if rec.Origin.Path != origin {
-			if dev, _, err := m.fs.devOf(origin); err != nil || dev != rec.Origin.Dev {
-				return fmt.Errorf("attach %q: the volume is attached to %s, not %s", name, rec.Origin.Path, origin)
+			if d, err := m.fs.devOf(origin); err != nil || d.Dev != rec.Origin.Dev {
+				return &ErrRefused{Volume: name, Op: "attach", Reason: fmt.Sprintf("the volume is attached to %s, not %s", rec.Origin.Path, origin),
+					Hint: "use another volume name for " + origin + ", or `snapctl detach " + name + "` first"}
 			}
 		}
 		if rec.Phase != PhaseAttached {
@@ -178,6 +211,9 @@ func (m *Manager) Attach(name, origin string) error {
 		}
 	}
 	if err := v.checkOrigin(); err != nil {
+		return err
+	}
+	if err := v.checkFree(); err != nil {
 		return err
 	}
 	if err := v.ensure(name, linearTable(v.rec.Origin)); err != nil {

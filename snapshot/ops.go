@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"github.com/hashicorp/go-multierror"
 
+	"github.com/snapctl/snapctl/fiemap"
+
 	"github.com/snapctl/snapctl/merge"
 	"os"
 	"syscall"
@@ -76,18 +78,36 @@ func (m *Manager) Prepare(o PrepareOptions) (*Plan, error) {
 	if o.Backend != "fiemap" && o.Backend != "loop" {
 		return nil, fmt.Errorf("prepare %q: unknown backend %q (want fiemap or loop)", o.Name, o.Backend)
 	}
+	attachedHere := false
 	if _, err := readRecord(m.Dir, o.Name); err != nil {
 		var unknown *ErrUnknownVolume
 		if !errors.As(err, &unknown) {
 			return nil, err
 		}
-		if o.DryRun {
-			return m.plan(nil, o)
+		if err := CheckName(o.Name); err != nil {
+			return nil, err
+		}
+		// Refuse what the plan refuses before attaching anything.
+		plan, err := m.plan(nil, o)
+		if err != nil || o.DryRun {
+			return plan, err
 		}
 		if err := m.Attach(o.Name, o.Origin); err != nil {
 			return nil, err
 		}
+		attachedHere = true
 	}
+	plan, err := m.prepareAttached(o)
+	if err != nil && attachedHere {
+		// The volume did not exist before: leave it so.
+		if derr := m.Detach(o.Name); derr != nil {
+			return nil, joinErr(err, derr)
+		}
+	}
+	return plan, err
+}
+
+func (m *Manager) prepareAttached(o PrepareOptions) (*Plan, error) {
 	v, err := m.open(o.Name)
 	if err != nil {
 		return nil, err
@@ -100,8 +120,9 @@ func (m *Manager) Prepare(o PrepareOptions) (*Plan, error) {
 		return nil, &ErrWrongPhase{Volume: o.Name, Op: "prepare", Phase: v.rec.Phase, Mode: v.rec.Mode}
 	}
 	if o.Origin != "" && o.Origin != v.rec.Origin.Path {
-		if dev, _, err := m.fs.devOf(o.Origin); err != nil || dev != v.rec.Origin.Dev {
-			return nil, fmt.Errorf("prepare %q: the volume's origin is %s, not %s", o.Name, v.rec.Origin.Path, o.Origin)
+		if d, err := m.fs.devOf(o.Origin); err != nil || d.Dev != v.rec.Origin.Dev {
+			return nil, &ErrRefused{Volume: o.Name, Op: "prepare", Reason: fmt.Sprintf("the volume's origin is %s, not %s", v.rec.Origin.Path, o.Origin),
+				Hint: "leave out --origin, or use another volume name for " + o.Origin}
 		}
 	}
 	if err := v.checkOrigin(); err != nil {
@@ -132,20 +153,29 @@ func (m *Manager) plan(v *volume, o PrepareOptions) (*Plan, error) {
 	if v != nil {
 		origin = v.rec.Origin
 	} else {
-		dev, sectors, err := m.fs.devOf(o.Origin)
+		if o.Origin == "" {
+			return nil, &ErrRefused{Volume: o.Name, Op: "prepare", Reason: "the volume is not attached and no --origin was given",
+				Hint: "give --origin DEV, or `snapctl attach " + o.Name + " --origin DEV` first"}
+		}
+		d, err := m.fs.devOf(o.Origin)
 		if err != nil {
 			return nil, fmt.Errorf("prepare %q: %w", o.Name, err)
 		}
-		origin = Device{Path: o.Origin, Dev: dev, Sectors: sectors}
+		origin = d
 	}
 	if origin.Sectors < uint64(o.ChunkSectors) {
-		return nil, fmt.Errorf("prepare %q: origin %s (%d bytes) is smaller than one chunk (%d bytes)", o.Name, origin.Path, origin.Sectors*512, chunkBytes)
+		return nil, &ErrRefused{Volume: o.Name, Op: "prepare", Reason: fmt.Sprintf("origin %s (%d bytes) is smaller than one chunk (%d bytes)", origin.Path, origin.Sectors*512, chunkBytes),
+			Hint: "snapshot a larger device, or choose a smaller --chunk-size"}
 	}
 	if o.StorePath == "" {
-		return nil, fmt.Errorf("prepare %q: no store path given", o.Name)
+		return nil, &ErrRefused{Volume: o.Name, Op: "prepare", Reason: "no store path given", Hint: "give --store PATH on an ext4, xfs or f2fs filesystem"}
+	}
+	if err := fiemap.CheckStorePath(o.StorePath); err != nil {
+		return nil, err
 	}
 	if _, err := os.Lstat(o.StorePath); err == nil {
-		return nil, fmt.Errorf("prepare %q: store %s already exists; choose a new path or delete it", o.Name, o.StorePath)
+		return nil, &ErrRefused{Volume: o.Name, Op: "prepare", Reason: fmt.Sprintf("store %s already exists (a file or a symbolic link)", o.StorePath),
+			Hint: "choose a new --store path; remove the old file only if no volume uses it (`snapctl status`)"}
 	}
 	_, free, total, err := m.fs.fsOf(o.StorePath)
 	if err != nil {
@@ -289,7 +319,16 @@ func (v *volume) prepare(o PrepareOptions, p *Plan) error {
 // with and what activate does after a reboot. Idempotent.
 func (v *volume) buildPrepared(phase Phase) error {
 	name := v.name()
-	if err := v.step(phase, "prepare:lower"); err != nil {
+	// Prepare records each step before it acts. Rebuilding a prepared
+	// volume's stack needs no record: it is idempotent and activate simply
+	// does it again.
+	step := func(s string) error {
+		if phase != PhasePreparing {
+			return nil
+		}
+		return v.step(phase, s)
+	}
+	if err := step("prepare:lower"); err != nil {
 		return err
 	}
 	if err := v.buildLower(); err != nil {
@@ -305,7 +344,7 @@ func (v *volume) buildPrepared(phase Phase) error {
 	}
 	snapT := snapshotTable(v.rec.Origin.Sectors, helper, cow, v.rec.Store)
 	if v.rec.Mode == Update {
-		if err := v.step(phase, "prepare:snapshot"); err != nil {
+		if err := step("prepare:snapshot"); err != nil {
 			return err
 		}
 		if err := v.ensure(name, snapT); err != nil {
@@ -337,13 +376,13 @@ func (v *volume) buildPrepared(phase Phase) error {
 	}
 	// Suspending NAME freezes its filesystem: this is the point in time the
 	// snapshot captures.
-	if err := v.step(phase, "prepare:suspend"); err != nil {
+	if err := step("prepare:suspend"); err != nil {
 		return err
 	}
 	if err := v.suspendIfNeeded(name); err != nil {
 		return fmt.Errorf("suspend %q: %w", name, err)
 	}
-	if err := v.step(phase, "prepare:snapshot"); err != nil {
+	if err := step("prepare:snapshot"); err != nil {
 		return err
 	}
 	sinf, err := v.m.k.info(snapName(name))
@@ -358,13 +397,13 @@ func (v *volume) buildPrepared(phase Phase) error {
 	if err := v.m.k.load(snapName(name), snapT); err != nil {
 		return fmt.Errorf("load %q: %w", snapName(name), err)
 	}
-	if err := v.step(phase, "prepare:origin"); err != nil {
+	if err := step("prepare:origin"); err != nil {
 		return err
 	}
 	if err := v.m.k.load(name, originT); err != nil {
 		return fmt.Errorf("load %q: %w", name, err)
 	}
-	if err := v.step(phase, "prepare:resume"); err != nil {
+	if err := step("prepare:resume"); err != nil {
 		return err
 	}
 	if err := v.m.k.resume(snapName(name)); err != nil {
@@ -485,7 +524,16 @@ func (v *volume) openCount() (int32, error) {
 
 func (v *volume) drop(op string) error {
 	switch v.rec.Phase {
-	case PhasePrepared:
+	case PhasePrepared, PhaseDropping:
+	case PhaseAttached:
+		return &ErrWrongPhase{Volume: v.name(), Op: op, Phase: v.rec.Phase}
+	default:
+		return &ErrInterrupted{Volume: v.name(), Phase: v.rec.Phase, Step: v.rec.Step, Command: v.rec.Command}
+	}
+	if err := v.checkOrigin(); err != nil {
+		return err
+	}
+	if v.rec.Phase == PhasePrepared {
 		if v.rec.Mode == Update {
 			// The content of NAME jumps back to the origin.
 			if n, err := v.openCount(); err != nil {
@@ -494,11 +542,6 @@ func (v *volume) drop(op string) error {
 				return &ErrInUse{Volume: v.name(), Device: mapperPath(v.name()), OpenCount: n, Op: op}
 			}
 		}
-	case PhaseDropping:
-	case PhaseAttached:
-		return &ErrWrongPhase{Volume: v.name(), Op: op, Phase: v.rec.Phase}
-	default:
-		return &ErrInterrupted{Volume: v.name(), Phase: v.rec.Phase, Step: v.rec.Step, Command: v.rec.Command}
 	}
 	v.rec.Scheduled = ""
 	if err := v.step(PhaseDropping, "drop:collapse"); err != nil {
@@ -559,7 +602,21 @@ const snapMagic = 0x70416e53
 
 func (v *volume) merge(op string, wait bool) error {
 	switch v.rec.Phase {
-	case PhasePrepared:
+	case PhasePrepared, PhaseMerging:
+	case PhaseAttached:
+		return &ErrWrongPhase{Volume: v.name(), Op: op, Phase: v.rec.Phase}
+	default:
+		return &ErrInterrupted{Volume: v.name(), Phase: v.rec.Phase, Step: v.rec.Step, Command: v.rec.Command}
+	}
+	if err := v.checkOrigin(); err != nil {
+		return err
+	}
+	if v.rec.Phase == PhasePrepared {
+		// A deactivated volume (or one not activated since boot) gets its
+		// stack back first: the kernel's view of the store decides below.
+		if err := v.buildPrepared(PhasePrepared); err != nil {
+			return fmt.Errorf("%s %q: activate the stack: %w", op, v.name(), err)
+		}
 		if err := v.checkMergeable(op); err != nil {
 			return err
 		}
@@ -570,11 +627,6 @@ func (v *volume) merge(op string, wait bool) error {
 				return &ErrInUse{Volume: v.name(), Device: mapperPath(v.name()), OpenCount: n, Op: op}
 			}
 		}
-	case PhaseMerging:
-	case PhaseAttached:
-		return &ErrWrongPhase{Volume: v.name(), Op: op, Phase: v.rec.Phase}
-	default:
-		return &ErrInterrupted{Volume: v.name(), Phase: v.rec.Phase, Step: v.rec.Step, Command: v.rec.Command}
 	}
 	v.rec.Scheduled = "" // a scheduled rollback is now under way
 	if err := v.step(PhaseMerging, "merge:handover"); err != nil {
@@ -717,6 +769,9 @@ func (m *Manager) Activate(o ActivateOptions, names ...string) error {
 			errs = multierror.Append(errs, fmt.Errorf("activate %q: %w", n, err))
 		}
 	}
+	if errs != nil && len(errs.Errors) == 1 {
+		return errs.Errors[0]
+	}
 	return errs.ErrorOrNil()
 }
 
@@ -806,6 +861,9 @@ func (v *volume) grow(by uint64) error {
 	}
 	if v.rec.Phase != PhasePrepared {
 		return &ErrWrongPhase{Volume: v.name(), Op: "grow", Phase: v.rec.Phase, Mode: v.rec.Mode}
+	}
+	if err := v.checkOrigin(); err != nil {
+		return err
 	}
 	s := v.rec.Store
 	if s.Backend == "loop" {

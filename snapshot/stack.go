@@ -34,11 +34,12 @@ func (v *volume) ensure(name string, t dmtable.Table) error {
 	if err != nil {
 		return err
 	}
+	created := false
 	if !inf.Exists {
 		if _, err := v.m.k.create(name); err != nil {
 			return err
 		}
-		inf.Exists = true
+		inf.Exists, created = true, true
 	}
 	if inf.Live {
 		cur, err := v.m.k.table(name)
@@ -49,10 +50,15 @@ func (v *volume) ensure(name string, t dmtable.Table) error {
 			return v.keepLive(name, inf)
 		}
 	}
-	if err := v.m.k.load(name, t); err != nil {
-		return err
+	err = v.m.k.load(name, t)
+	if err == nil {
+		err = v.m.k.resume(name)
 	}
-	return v.m.k.resume(name)
+	if err != nil && created {
+		// Leave nothing behind: a device without a table is of no use.
+		return joinErr(err, v.m.k.remove(name))
+	}
+	return err
 }
 
 // keepLive makes the live table of name, already the wanted one, run: a

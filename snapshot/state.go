@@ -53,6 +53,11 @@ type Device struct {
 	Path    string `json:"path"`
 	Dev     string `json:"dev"` // "major:minor"
 	Sectors uint64 `json:"sectors"`
+	// ID is what identifies the device beyond its number and size, where
+	// the kernel says (a loop device's backing file, a DM device's uuid or
+	// name, a disk's WWID or serial, a partition's number and start on its
+	// disk); empty when nothing does.
+	ID string `json:"id,omitempty"`
 }
 
 // Segment is one piece of the store on a raw device: Length sectors at

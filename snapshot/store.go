@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/snapctl/snapctl/dmtable"
@@ -16,24 +17,68 @@ import (
 // extents down the DM linear stack under the file's filesystem.
 type fileStore struct{}
 
-func (fileStore) devOf(path string) (string, uint64, error) {
+func (fileStore) devOf(path string) (Device, error) {
 	var st syscall.Stat_t
 	if err := syscall.Stat(path, &st); err != nil {
-		return "", 0, fmt.Errorf("stat %s: %w", path, err)
+		return Device{}, fmt.Errorf("stat %s: %w", path, err)
 	}
 	if st.Mode&syscall.S_IFMT != syscall.S_IFBLK {
-		return "", 0, fmt.Errorf("%s is not a block device", path)
+		return Device{}, fmt.Errorf("%s is not a block device", path)
 	}
 	f, err := os.Open(path)
 	if err != nil {
-		return "", 0, err
+		return Device{}, err
 	}
 	defer f.Close()
 	size, err := f.Seek(0, io.SeekEnd)
 	if err != nil {
-		return "", 0, fmt.Errorf("size of %s: %w", path, err)
+		return Device{}, fmt.Errorf("size of %s: %w", path, err)
 	}
-	return devString(st.Rdev), uint64(size) / 512, nil
+	dev := devString(st.Rdev)
+	return Device{Path: path, Dev: dev, Sectors: uint64(size) / 512, ID: identity(dev)}, nil
+}
+
+// identity is what sysfs says identifies the block device dev beyond its
+// number: a loop device's backing file, a device-mapper device's uuid (or
+// name), a disk's WWID or serial; for a partition, its number and start on
+// its disk plus the disk's identity. Empty when sysfs says nothing (a
+// virtual disk without serial): then only the number and size identify it.
+func identity(dev string) string {
+	dir, err := filepath.EvalSymlinks("/sys/dev/block/" + dev)
+	if err != nil {
+		return ""
+	}
+	read := func(p string) string {
+		b, err := os.ReadFile(filepath.Join(dir, p))
+		if err != nil {
+			return ""
+		}
+		return strings.TrimSpace(string(b))
+	}
+	if part := read("partition"); part != "" {
+		parent, err := os.ReadFile(filepath.Join(filepath.Dir(dir), "dev"))
+		if err != nil {
+			return ""
+		}
+		return fmt.Sprintf("partition %s at sector %s of {%s}", part, read("start"), identity(strings.TrimSpace(string(parent))))
+	}
+	for _, k := range []struct{ file, label string }{
+		{"loop/backing_file", "loop over "}, {"dm/uuid", "dm uuid "}, {"dm/name", "dm name "},
+		{"device/wwid", "wwid "}, {"wwid", "wwid "}, {"device/serial", "serial "}, {"serial", "serial "},
+	} {
+		if v := read(k.file); v != "" {
+			return k.label + v
+		}
+	}
+	return ""
+}
+
+func (fileStore) exclusive(path string) error {
+	fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_EXCL|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	return syscall.Close(fd)
 }
 
 func (fileStore) fsOf(path string) (string, uint64, uint64, error) {

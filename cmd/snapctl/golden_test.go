@@ -705,6 +705,9 @@ func TestTypedErrorHints(t *testing.T) {
 		{err: &snapshot.ErrStoreOnOrigin{Path: "/data/store", Reason: "extents not chunk-aligned"}, code: exitRefused, hint: "filesystem"},
 		{err: &snapshot.ErrUnsafeStateDir{Dir: "/tmp/s", Reason: "is writable by group or others"}, code: exitRefused, hint: "--state-dir"},
 		{err: &snapshot.ErrActive{Volume: "vol", Device: "vol-cow"}, code: exitRefused, hint: "snapctl deactivate vol"},
+		{err: &snapshot.ErrRefused{Volume: "vol", Op: "prepare", Reason: "store exists", Hint: "choose a new --store path"}, code: exitRefused, hint: "--store"},
+		{err: &snapshot.ErrOriginBusy{Volume: "vol", Path: "/dev/sdb1", Err: unix.EBUSY}, code: exitRefused, hint: "snapctl attach vol --origin /dev/sdb1"},
+		{err: &snapshot.ErrNotActive{Volume: "vol"}, code: exitRefused, hint: "snapctl activate vol"},
 		// fiemap
 		{err: fiemap.ErrUnsupportedFS{Path: "/mnt/s", Type: "btrfs", Reason: "logical addresses"}, code: exitUnsupported, hint: "--backend loop"},
 		{err: fiemap.ErrDirectMount{Path: "/mnt/s", Dev: "8:1"}, code: exitRefused, hint: "--backend loop"},

@@ -561,6 +561,9 @@ func classifyVolumeErr(err error) (int, string, bool) {
 		onOrigin  *snapshot.ErrStoreOnOrigin
 		unsafeDir *snapshot.ErrUnsafeStateDir
 		active    *snapshot.ErrActive
+		refused   *snapshot.ErrRefused
+		busyDev   *snapshot.ErrOriginBusy
+		inactive  *snapshot.ErrNotActive
 	)
 	switch {
 	case errors.As(err, &busy):
@@ -589,6 +592,12 @@ func classifyVolumeErr(err error) (int, string, bool) {
 		return exitRefused, "give a smaller --size, free space, or put the store on another filesystem", true
 	case errors.As(err, &onOrigin):
 		return exitRefused, "put the store on a filesystem on another device", true
+	case errors.As(err, &refused):
+		return exitRefused, refused.Hint, true
+	case errors.As(err, &busyDev):
+		return exitRefused, fmt.Sprintf("unmount what uses %s, then `snapctl attach %s --origin %s` and mount /dev/mapper/%s instead", busyDev.Path, busyDev.Volume, busyDev.Path, busyDev.Volume), true
+	case errors.As(err, &inactive):
+		return exitRefused, "`snapctl activate " + inactive.Volume + "` first", true
 	case errors.As(err, &active):
 		return exitRefused, "tear its devices down first: `snapctl deactivate " + active.Volume + "`", true
 	case errors.As(err, &unsafeDir):
