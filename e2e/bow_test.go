@@ -664,3 +664,22 @@ func (img checkpointImage) check(t testing.TB, dev string) {
 	}
 	t.Logf("all %d used %d-byte blocks of %s equal the checkpoint image", used, img.blockSize, dev)
 }
+
+// TestBowDemo runs demo/bow.sh, the bow part of the README demo, in a
+// guest and checks it ends with BOW DEMO OK. Guest disks: /dev/ubda
+// 128 MiB, blank.
+func TestBowDemo(t *testing.T) {
+	if guest() {
+		t.Fatal("TestBowDemo runs demo/bow.sh, not a Go test body, in the guest")
+	}
+	root, err := moduleRoot()
+	must(t, err)
+	m := NewMachine(t, Config{Disks: []Disk{{Size: 128 << 20}}})
+	r := m.Run(t, RunOptions{Argv: []string{"/bin/sh", filepath.Join(root, "demo", "bow.sh"), "/dev/ubda"}})
+	if testing.Verbose() {
+		t.Log(demoSession(r.Output))
+	}
+	if r.Status != 0 || !strings.Contains(r.Output, "BOW DEMO OK") {
+		t.Fatalf("bow demo failed (status %d):\n%s", r.Status, tail(r.Output, 80))
+	}
+}
