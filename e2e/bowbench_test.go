@@ -152,7 +152,9 @@ const (
 // row writes the three patterns into consecutive blocks from first.
 func row(t testing.TB, dev string, phase, first uint64) rates {
 	start := time.Now()
-	defer func() { t.Logf("row %d on %s at block %d: %v", phase, dev, first, time.Since(start).Round(time.Millisecond)) }()
+	defer func() {
+		t.Logf("row %d on %s at block %d: %v", phase, dev, first, time.Since(start).Round(time.Millisecond))
+	}()
 	var p rates
 	p.seq = directRun(t, dev, phase, first, benchSeq, false, 1)
 	p.rand1 = directRun(t, dev, phase+1, first+benchSeq, benchRand, true, 1)
