@@ -337,7 +337,7 @@ func relKillOnce(t *testing.T, tab *relTable, mnt string, v *volume, orig string
 		at = fmt.Sprintf("%d (never reached)", k)
 		if c.finish != nil {
 			v.must(c.finish...)
-			recovery = "`snapctl " + strings.Join(c.finish, " ") + "` (the merge goes on in the kernel)"
+			recovery = "`snapctl " + strings.Join(c.finish, " ") + "` (which finishes a merge the kernel is still doing)"
 		}
 	}
 	var soft []string // defects that do not stop the checks
@@ -428,8 +428,9 @@ func relGrowCheck(t *testing.T, v *volume, orig, changed string) string {
 
 func relKillDisks() []Disk { return []Disk{{Size: 16 << 20}, {Size: 128 << 20}} }
 
-// TestReliabilityKillDropGrow: drop and grow in both modes.
-func TestReliabilityKillDropGrow(t *testing.T) {
+// TestReliabilityKillDrop: drop in both modes (commit in checkpoint mode,
+// rollback in update mode).
+func TestReliabilityKillDrop(t *testing.T) {
 	if !relInGuest(t, Config{Disks: relKillDisks()}) {
 		return
 	}
@@ -438,6 +439,18 @@ func TestReliabilityKillDropGrow(t *testing.T) {
 	relKillMatrix(t, tab, mnt, []relKill{
 		{mode: "checkpoint", op: "drop", killed: []string{"drop", "vol"}, phase: "attached", want: "changed"},
 		{mode: "update", op: "drop", killed: []string{"drop", "vol"}, phase: "attached", want: "orig"},
+	})
+}
+
+// TestReliabilityKillGrow: grow in both modes; after the recovery the
+// store must take more writes and roll back exactly.
+func TestReliabilityKillGrow(t *testing.T) {
+	if !relInGuest(t, Config{Disks: relKillDisks()}) {
+		return
+	}
+	mnt := storeFS(t, "ext4")
+	tab := newRelTable(t, "kill", "SIGKILL at every step boundary (SNAPCTL_TEST_CRASH_AFTER=k)", relKillCols...)
+	relKillMatrix(t, tab, mnt, []relKill{
 		{mode: "checkpoint", op: "grow --by 4M", size: "2M", writes: 200, killed: []string{"grow", "vol", "--by", "4M"},
 			phase: "prepared", want: "changed", after: relGrowCheck},
 		{mode: "update", op: "grow --by 4M", size: "2M", writes: 200, killed: []string{"grow", "vol", "--by", "4M"},

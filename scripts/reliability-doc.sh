@@ -112,7 +112,8 @@ helper device, store file or progress record is left behind.
   kernel's COW writes), and under a bow device.
 EOF
 	echo
-	echo "Last run: $(date -u +%Y-%m-%d), guest kernel ${kernel:-?}, go test exit status $status."
+	rev=${REV:-$(git rev-parse --short HEAD 2>/dev/null)}
+	echo "Last run: $(date -u +%Y-%m-%d)${rev:+, commit $rev}, guest kernel ${kernel:-?}, go test exit status $status."
 	if [[ -n $failed ]]; then
 		echo
 		echo "Failing tests in that run (their cases are the DEFECT rows below; a test with no DEFECT row failed outside its table, e.g. a guest timeout):"
