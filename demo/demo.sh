@@ -54,5 +54,8 @@ sc commit data
 show cat "$M/file5"
 umount "$M"
 sc detach data
+
+# The same on a device with no room for a store: bow, served over NBD.
+sh "$(dirname "$0")/bow.sh" /dev/ubda
 echo
 echo "DEMO OK"
