@@ -496,6 +496,129 @@ func TestReliabilityKillScheduledRollback(t *testing.T) {
 	relKillMatrix(t, tab, mnt, cases)
 }
 
+// TestReliabilityKillLeftoverStack: activate rebuilds a prepared
+// checkpoint volume's stack without recording steps (it is meant to be
+// idempotent), so the crash hook cannot stop it between two kernel calls.
+// The test builds by hand the stack a SIGKILL between the load of NAME-snap
+// and its resume leaves (NAME created and suspended, NAME-snap with an
+// inactive snapshot table, NAME with or without an inactive
+// snapshot-origin table), as the boot-time activate would leave it if
+// killed there (a systemd timeout, the OOM killer), and runs
+// `snapctl activate --wait vol`: with a scheduled rollback and without.
+func TestReliabilityKillLeftoverStack(t *testing.T) {
+	if !relInGuest(t, Config{Disks: relKillDisks()}) {
+		return
+	}
+	mnt := storeFS(t, "ext4")
+	tab := newRelTable(t, "kill", "SIGKILL at every step boundary (SNAPCTL_TEST_CRASH_AFTER=k)", relKillCols...)
+	for i, c := range []struct {
+		mode                    string
+		scheduled, originLoaded bool
+	}{{"checkpoint", true, false}, {"checkpoint", true, true}, {"checkpoint", false, false}, {"checkpoint", false, true}, {"update", true, false}, {"update", false, false}} {
+		v := newVolume(t, "vol")
+		v.must("attach", "vol", "--origin", ubd(0))
+		fill(t, "/dev/mapper/vol", 300+i)
+		orig := deviceSum(t, "/dev/mapper/vol")
+		v.must("prepare", "vol", "--mode", c.mode, "--store", filepath.Join(mnt, fmt.Sprintf("leftover-%d", i)), "--size", "16M")
+		scatter(t, "/dev/mapper/vol", 300, int64(i))
+		changed := deviceSum(t, "/dev/mapper/vol")
+		op, phase, want := "activate", "prepared", changed
+		if c.scheduled {
+			v.must("rollback", "vol", "--at-next-activate")
+			op, phase, want = "activate (rollback --at-next-activate)", "attached", orig
+		}
+		v.must("deactivate", "vol")
+		relLeftover(t, v, c.mode, c.originLoaded)
+		at := "between the load of vol-snap and its resume (stack built by hand: activate records no step there)"
+		switch {
+		case c.mode == "update":
+			at = "between the load of vol's snapshot table and its resume (stack built by hand)"
+		case c.originLoaded:
+			at = "after the load of vol's snapshot-origin table, before the resumes (stack built by hand)"
+		}
+		what := fmt.Sprintf("%s %s, %s", c.mode, op, at)
+		result := "recovered by `snapctl activate --wait vol`"
+		if _, errOut, code := v.snapctl("activate", "--wait", "vol"); code != 0 {
+			msg := ieMsg(errOut)
+			t.Errorf("%s: DEFECT: `snapctl activate --wait vol` failed with exit %d: %s", what, code, msg)
+			result = fmt.Sprintf("**DEFECT**: `snapctl activate --wait vol` failed with exit %d: %s", code, msg)
+			v.must("deactivate", "vol")
+			v.must("activate", "--wait", "vol")
+			result += "; `snapctl deactivate vol` then `snapctl activate --wait vol` recovered it"
+		}
+		s := relStatusOf(t, v)
+		got := deviceSum(t, "/dev/mapper/vol")
+		if s.Phase != phase || got != want {
+			t.Fatalf("%s: phase %s with the %s after recovery, want %s with the %s", what, s.Phase, relData(got, orig, changed), phase, relData(want, orig, changed))
+		}
+		tab.row(c.mode, op, at, "prepared", result, s.Phase, relData(got, orig, changed)+" (as expected)")
+		if s.Phase == "prepared" {
+			v.must("drop", "vol")
+		}
+		v.must("detach", "vol")
+	}
+}
+
+// relLeftover builds, for the deactivated volume v, the stack a kill
+// inside the rebuild leaves after the snapshot table is loaded: in
+// checkpoint mode NAME-snap's (and, with originLoaded, NAME's
+// snapshot-origin table too), in update mode NAME's.
+func relLeftover(t *testing.T, v *volume, mode string, originLoaded bool) {
+	t.Helper()
+	var rec struct {
+		Origin struct {
+			Dev     string `json:"dev"`
+			Sectors uint64 `json:"sectors"`
+		} `json:"origin"`
+		Store struct {
+			ChunkSectors uint32 `json:"chunk_sectors"`
+			Segments     []struct {
+				Dev    string `json:"dev"`
+				Offset uint64 `json:"offset"`
+				Length uint64 `json:"length"`
+			} `json:"segments"`
+		} `json:"store"`
+	}
+	b, err := os.ReadFile(filepath.Join(v.state, "vol.json"))
+	must(t, err)
+	must(t, json.Unmarshal(b, &rec))
+	var cow dmtable.Table
+	var at uint64
+	for _, sg := range rec.Store.Segments {
+		cow = append(cow, dmtable.Linear(at, sg.Length, sg.Dev, sg.Offset))
+		at += sg.Length
+	}
+	live := func(name string, tb dmtable.Table) string {
+		_, err := dmtable.Create(name, "")
+		must(t, err)
+		must(t, dmtable.Load(name, tb))
+		must(t, dmtable.Resume(name))
+		inf, err := dmtable.Info(name)
+		must(t, err)
+		return inf.Dev.String()
+	}
+	cowDev := live("vol-cow", cow)
+	if mode == "update" {
+		baseDev := live("vol-base", dmtable.Table{dmtable.Linear(0, rec.Origin.Sectors, rec.Origin.Dev, 0)})
+		_, err = dmtable.Create("vol", "")
+		must(t, err)
+		must(t, dmtable.Load("vol", dmtable.Table{{Start: 0, Length: rec.Origin.Sectors, Type: "snapshot",
+			Params: fmt.Sprintf("%s %s P %d", baseDev, cowDev, rec.Store.ChunkSectors)}}))
+		return
+	}
+	realDev := live("vol-real", dmtable.Table{dmtable.Linear(0, rec.Origin.Sectors, rec.Origin.Dev, 0)})
+	_, err = dmtable.Create("vol", "")
+	must(t, err)
+	must(t, dmtable.Suspend("vol", dmtable.SuspendOptions{}))
+	_, err = dmtable.Create("vol-snap", "")
+	must(t, err)
+	must(t, dmtable.Load("vol-snap", dmtable.Table{{Start: 0, Length: rec.Origin.Sectors, Type: "snapshot",
+		Params: fmt.Sprintf("%s %s P %d", realDev, cowDev, rec.Store.ChunkSectors)}}))
+	if originLoaded {
+		must(t, dmtable.Load("vol", dmtable.Table{dmtable.SnapshotOrigin(0, rec.Origin.Sectors, realDev)}))
+	}
+}
+
 // Guest disks of the offline merge tests:
 //   /dev/ubda  16 MiB  the origin (a raw pattern)
 //   /dev/ubdb 128 MiB  attached as "stor", ext4, holds the store files
