@@ -394,13 +394,13 @@ func (v *volume) buildPrepared(phase Phase) error {
 			return fmt.Errorf("create %q: %w", snapName(name), err)
 		}
 	}
-	if err := v.m.k.load(snapName(name), snapT); err != nil {
+	if err := v.load(snapName(name), snapT); err != nil {
 		return fmt.Errorf("load %q: %w", snapName(name), err)
 	}
 	if err := step("prepare:origin"); err != nil {
 		return err
 	}
-	if err := v.m.k.load(name, originT); err != nil {
+	if err := v.load(name, originT); err != nil {
 		return fmt.Errorf("load %q: %w", name, err)
 	}
 	if err := step("prepare:resume"); err != nil {
@@ -700,7 +700,7 @@ func (v *volume) handover() (done bool, err error) {
 		if err := v.suspendIfNeeded(snapName(name)); err != nil {
 			return false, err
 		}
-		if err := v.m.k.load(name, want); err != nil {
+		if err := v.load(name, want); err != nil {
 			return false, err
 		}
 		if err := v.m.k.resume(name); err != nil {
@@ -794,8 +794,12 @@ func (m *Manager) activateOpts(v *volume, o ActivateOptions) error {
 		return v.drop("drop")
 	case PhaseMerging:
 		if strings.HasPrefix(v.rec.Step, "merge:offline") {
-			_, err := v.mergeOffline(context.Background(), merge.OfflineOptions{})
-			return err
+			// Finish the offline merge, then activate as for any attached
+			// volume.
+			if _, err := v.mergeOffline(context.Background(), merge.OfflineOptions{}); err != nil {
+				return err
+			}
+			return v.ensure(v.name(), linearTable(v.rec.Origin))
 		}
 		return v.merge("merge", o.Wait)
 	case PhaseGrowing:
@@ -914,7 +918,7 @@ func (v *volume) finishGrow() error {
 		return err
 	}
 	if inf.Exists {
-		if err := v.m.k.load(name, cowTable(v.rec.Store)); err != nil {
+		if err := v.load(name, cowTable(v.rec.Store)); err != nil {
 			return fmt.Errorf("grow %q: load %q: %w", v.name(), name, err)
 		}
 		if err := v.suspendIfNeeded(name); err != nil {

@@ -50,7 +50,7 @@ func (v *volume) ensure(name string, t dmtable.Table) error {
 			return v.keepLive(name, inf)
 		}
 	}
-	err = v.m.k.load(name, t)
+	err = v.load(name, t)
 	if err == nil {
 		err = v.m.k.resume(name)
 	}
@@ -59,6 +59,23 @@ func (v *volume) ensure(name string, t dmtable.Table) error {
 		return joinErr(err, v.m.k.remove(name))
 	}
 	return err
+}
+
+// load loads t as name's inactive table. A table already waiting there
+// (loaded and never resumed: a kill between the two) is cleared first: the
+// kernel refuses a second snapshot table over a store that a waiting one
+// holds.
+func (v *volume) load(name string, t dmtable.Table) error {
+	inf, err := v.m.k.info(name)
+	if err != nil {
+		return err
+	}
+	if inf.Inactive {
+		if err := v.m.k.clearInactive(name); err != nil {
+			return fmt.Errorf("clear the inactive table of %q: %w", name, err)
+		}
+	}
+	return v.m.k.load(name, t)
 }
 
 // keepLive makes the live table of name, already the wanted one, run: a
@@ -128,7 +145,7 @@ func (v *volume) collapse() error {
 	if err := v.removeIfExists(snapName(name)); err != nil {
 		return err
 	}
-	if err := v.m.k.load(name, want); err != nil {
+	if err := v.load(name, want); err != nil {
 		return err
 	}
 	return v.m.k.resume(name)
