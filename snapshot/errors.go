@@ -9,11 +9,18 @@ type ErrInterrupted struct {
 	Phase   Phase
 	Step    string
 	Command string
+	Err     error // why it stopped, when known
 }
 
 func (e *ErrInterrupted) Error() string {
-	return fmt.Sprintf("volume %q has an interrupted operation (%s, at step %s, started by %q)", e.Volume, e.Phase, e.Step, e.Command)
+	s := fmt.Sprintf("volume %q has an interrupted operation (%s, at step %s, started by %q)", e.Volume, e.Phase, e.Step, e.Command)
+	if e.Err != nil {
+		s += ": " + e.Err.Error()
+	}
+	return s
 }
+
+func (e *ErrInterrupted) Unwrap() error { return e.Err }
 
 // ErrWrongPhase is an operation that does not apply to the volume's phase.
 type ErrWrongPhase struct {
@@ -58,7 +65,7 @@ func (e *ErrStoreUnusable) Error() string {
 	case "overflow":
 		return fmt.Sprintf("volume %q: the store is full (Overflow): writes to the snapshot failed, so it does not hold the complete update; it must not be merged", e.Volume)
 	case "merge failed":
-		return fmt.Sprintf("volume %q: the kernel reports Merge failed (an I/O error during the merge); the store is kept", e.Volume)
+		return fmt.Sprintf("volume %q: the kernel reports Merge failed (an I/O error during the merge); the merge stopped part way and the store is kept", e.Volume)
 	}
 	return fmt.Sprintf("volume %q: the store is invalid (%s): the kernel dropped the snapshot, most likely because the store ran full; its earlier image is lost and merging it would do nothing", e.Volume, e.State)
 }

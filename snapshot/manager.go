@@ -42,9 +42,16 @@ type MergeProgress struct {
 }
 
 // New opens (creating it 0700 if needed) the state directory dir.
-func New(dir string) (*Manager, error) {
-	if err := openStateDir(dir); err != nil {
-		return nil, err
+func New(dir string) (*Manager, error) { return Open(dir, true) }
+
+// Open opens the state directory dir; with create false a missing
+// directory is not created (a dry run changes nothing), and only a
+// dry-run prepare of a volume without a record works on it.
+func Open(dir string, create bool) (*Manager, error) {
+	if _, err := os.Stat(dir); create || err == nil {
+		if err := openStateDir(dir); err != nil {
+			return nil, err
+		}
 	}
 	return &Manager{Dir: dir, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Poll: 100 * time.Millisecond,
 		k: dmKernel{}, fs: fileStore{}}, nil

@@ -3,6 +3,7 @@ package snapshot
 import (
 	"context"
 	"errors"
+	"path/filepath"
 	"strings"
 
 	"fmt"
@@ -25,7 +26,7 @@ type PrepareOptions struct {
 	// Bytes is the store size; 0 means auto: AutoBytes in update mode, the
 	// store filesystem's free space less a reserve in checkpoint mode.
 	Bytes        uint64
-	AutoBytes    func(chunkSectors uint32) (uint64, error)
+	AutoBytes    func(origin string, chunkSectors uint32) (uint64, error)
 	MaxBytes     uint64 // cap for the checkpoint-mode auto size; 0 = none
 	ChunkSectors uint32
 	Overflow     string // "invalidate" (P) or "fail" (PO)
@@ -134,7 +135,13 @@ func (m *Manager) prepareAttached(o PrepareOptions) (*Plan, error) {
 		return plan, err
 	}
 	if err := v.prepare(o, plan); err != nil {
-		return nil, joinErr(fmt.Errorf("prepare %q: %w", o.Name, err), v.undoPrepare())
+		err = fmt.Errorf("prepare %q: %w", o.Name, err)
+		if uerr := v.undoPrepare(); uerr != nil {
+			// Neither done nor undone: the record says preparing, and
+			// activate undoes it once the cause is fixed.
+			return nil, joinErr(err, &ErrInterrupted{Volume: o.Name, Phase: v.rec.Phase, Step: v.rec.Step, Command: v.rec.Command, Err: uerr})
+		}
+		return nil, err
 	}
 	// Report the tables as the kernel now holds them.
 	for d := range plan.Tables {
@@ -173,6 +180,10 @@ func (m *Manager) plan(v *volume, o PrepareOptions) (*Plan, error) {
 	if err := fiemap.CheckStorePath(o.StorePath); err != nil {
 		return nil, err
 	}
+	if fi, err := os.Stat(filepath.Dir(o.StorePath)); err == nil && fi.Mode().Perm()&0o002 != 0 {
+		return nil, &ErrRefused{Volume: o.Name, Op: "prepare", Reason: fmt.Sprintf("the store's directory %s is writable by everyone (mode %o): others could replace or remove the store", filepath.Dir(o.StorePath), fi.Mode()&os.ModePerm|fi.Mode()&os.ModeSticky),
+			Hint: "put the store in a directory only root can write, e.g. mkdir -m 700 DIR"}
+	}
 	if _, err := os.Lstat(o.StorePath); err == nil {
 		return nil, &ErrRefused{Volume: o.Name, Op: "prepare", Reason: fmt.Sprintf("store %s already exists (a file or a symbolic link)", o.StorePath),
 			Hint: "choose a new --store path; remove the old file only if no volume uses it (`snapctl status`)"}
@@ -189,7 +200,7 @@ func (m *Manager) plan(v *volume, o PrepareOptions) (*Plan, error) {
 	case o.Bytes > 0:
 		p.StoreBytes, p.SizeReason = o.Bytes, "as requested"
 	case o.AutoBytes != nil:
-		n, err := o.AutoBytes(o.ChunkSectors)
+		n, err := o.AutoBytes(origin.Path, o.ChunkSectors)
 		if err != nil {
 			return nil, fmt.Errorf("prepare %q: size the store: %w", o.Name, err)
 		}
@@ -705,6 +716,27 @@ func (v *volume) handover() (done bool, err error) {
 		}
 		if err := v.m.k.resume(name); err != nil {
 			return false, err
+		}
+	case "snapshot-merge":
+		if err := v.ensure(name, want); err != nil {
+			return false, err
+		}
+		// "Merge failed" (an I/O error) sticks to the running target, and
+		// the kernel refuses a second merge table over the same store while
+		// it exists: remove NAME and build it again; the new target re-reads
+		// the store and goes on from where the merge stopped.
+		if st, err := v.m.k.status(name); err == nil && st.State == "merge failed" {
+			if n, err := v.openCount(); err != nil {
+				return false, err
+			} else if n > 0 {
+				return false, &ErrInUse{Volume: name, Device: mapperPath(name), OpenCount: n, Op: "restart the failed merge of"}
+			}
+			if err := v.m.k.remove(name); err != nil {
+				return false, err
+			}
+			if err := v.ensure(name, want); err != nil {
+				return false, err
+			}
 		}
 	default:
 		if err := v.ensure(name, want); err != nil {

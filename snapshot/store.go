@@ -266,7 +266,21 @@ func (fileStore) release(s Store) (bool, error) {
 	if err := fiemap.Remove(s.Path); err != nil {
 		return true, err
 	}
-	return true, nil
+	return true, syncDir(s.Path)
+}
+
+// syncDir makes the removal of path durable before the record says so:
+// otherwise a power cut can bring the store file back, orphaned.
+func syncDir(path string) error {
+	d, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync directory of %s: %w", path, err)
+	}
+	return nil
 }
 
 func (fileStore) removePartial(path string, bytes uint64) error {
@@ -280,5 +294,8 @@ func (fileStore) removePartial(path string, bytes uint64) error {
 	if st.Mode&syscall.S_IFMT != syscall.S_IFREG || (st.Size != 0 && uint64(st.Size) != bytes) {
 		return nil // not something prepare could have left
 	}
-	return fiemap.Remove(path)
+	if err := fiemap.Remove(path); err != nil {
+		return err
+	}
+	return syncDir(path)
 }

@@ -697,7 +697,7 @@ func TestTypedErrorHints(t *testing.T) {
 		{err: &snapshot.ErrInUse{Volume: "vol", Device: "/dev/mapper/vol", OpenCount: 1, Op: "rollback"}, code: exitRefused, hint: "snapctl rollback vol --at-next-activate"},
 		{err: &snapshot.ErrStoreUnusable{Volume: "vol", State: "invalid"}, code: exitRefused, hint: "snapctl drop vol"},
 		{err: &snapshot.ErrStoreUnusable{Volume: "vol", State: "overflow"}, code: exitRefused, hint: "snapctl drop vol"},
-		{err: &snapshot.ErrStoreUnusable{Volume: "vol", State: "merge failed"}, code: exitRefused, hint: "snapctl drop vol"},
+		{err: &snapshot.ErrStoreUnusable{Volume: "vol", State: "merge failed"}, code: exitFailure, hint: "snapctl activate --wait vol"},
 		{err: &snapshot.ErrDeviceChanged{Volume: "vol", Path: "/dev/sdb1", Recorded: "8:17", Now: "8:33"}, code: exitRefused, hint: "re-attach"},
 		{err: &snapshot.ErrCorruptRecord{Path: "/var/lib/snapctl/vol.json", Err: errors.New("unexpected EOF")}, code: exitInvalidData, hint: "record"},
 		{err: &snapshot.ErrUnknownVolume{Name: "vol", Dir: "/var/lib/snapctl"}, code: exitRefused, hint: "snapctl attach vol"},

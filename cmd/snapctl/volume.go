@@ -34,7 +34,7 @@ func init() {
 
 // manager opens the state directory for a volume command.
 func (a *app) manager(cmd *cobra.Command) (*snapshot.Manager, error) {
-	m, err := snapshot.New(a.stateDir)
+	m, err := snapshot.Open(a.stateDir, !a.dryRun)
 	if err != nil {
 		return nil, err
 	}
@@ -134,7 +134,9 @@ Examples:
 			switch {
 			case size == "auto":
 				if changes != "" || newImage != "" {
-					o.AutoBytes = func(cs uint32) (uint64, error) { return autoSize(cmd.Context(), a, o.Origin, changes, newImage, cs) }
+					o.AutoBytes = func(origin string, cs uint32) (uint64, error) {
+						return autoSize(cmd.Context(), a, origin, changes, newImage, cs)
+					}
 				}
 			default:
 				if o.Bytes, err = cowsize.ParseBytes(size); err != nil || o.Bytes == 0 {
@@ -305,7 +307,7 @@ chunks used, percent full, chunks left, Invalid/Overflow) and merge progress.
 func (a *app) printStatus(s *snapshot.VolumeStatus) {
 	a.printf("%s: %s%s\n", s.Name, s.Phase, modeSuffix(s))
 	if s.Step != "" {
-		a.printf("  interrupted at step %s of %q: run `snapctl activate %s`\n", s.Step, s.Command, s.Name)
+		a.printf("  operation: %s, at step %s, started by %q; if no snapctl is running it, `snapctl activate %s` finishes it\n", s.Phase, s.Step, s.Command, s.Name)
 	}
 	if s.Scheduled != "" {
 		a.printf("  scheduled: %s at the next `snapctl activate`\n", s.Scheduled)
@@ -581,6 +583,9 @@ func classifyVolumeErr(err error) (int, string, bool) {
 	case errors.As(err, &inUse):
 		return exitRefused, fmt.Sprintf("unmount it (`umount %s`), or schedule it for boot: `snapctl rollback %s --at-next-activate`", inUse.Device, inUse.Volume), true
 	case errors.As(err, &unusable):
+		if unusable.State == "merge failed" {
+			return exitFailure, "fix the I/O error (see the kernel log), then `snapctl activate --wait " + unusable.Volume + "` restarts the merge where it stopped; do not drop a half-merged store", true
+		}
 		return exitRefused, "the snapshot cannot be merged; drop it with `snapctl drop " + unusable.Volume + "`", true
 	case errors.As(err, &changed):
 		return exitRefused, "find the origin's new path, check it is the same disk, and re-attach it; snapctl will not guess", true
