@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"syscall"
 
 	"github.com/snapctl/snapctl/dmtable"
@@ -12,6 +13,43 @@ import (
 
 // dmKernel is the real kernel: dmtable's device-mapper ioctl client.
 type dmKernel struct{}
+
+// loggedKernel logs every device-mapper call that changes something, with
+// the device, the table and the outcome (snapctl -v).
+type loggedKernel struct {
+	kernel
+	m *Manager // its Log, as set by the caller after Open
+}
+
+func (l loggedKernel) done(op, name string, err error, attrs ...any) error {
+	attrs = append([]any{"op", op, "device", name}, attrs...)
+	if err != nil {
+		l.m.Log.Debug("ioctl failed", append(attrs, "err", err)...)
+	} else {
+		l.m.Log.Debug("ioctl", attrs...)
+	}
+	return err
+}
+
+func (l loggedKernel) create(name string) (string, error) {
+	dev, err := l.kernel.create(name)
+	return dev, l.done("DM_DEV_CREATE", name, err, "dev", dev)
+}
+func (l loggedKernel) load(name string, t dmtable.Table) error {
+	return l.done("DM_TABLE_LOAD", name, l.kernel.load(name, t), "table", strings.TrimSpace(t.String()))
+}
+func (l loggedKernel) clearInactive(name string) error {
+	return l.done("DM_TABLE_CLEAR", name, l.kernel.clearInactive(name))
+}
+func (l loggedKernel) suspend(name string) error {
+	return l.done("DM_DEV_SUSPEND", name, l.kernel.suspend(name))
+}
+func (l loggedKernel) resume(name string) error {
+	return l.done("DM_DEV_SUSPEND (resume)", name, l.kernel.resume(name))
+}
+func (l loggedKernel) remove(name string) error {
+	return l.done("DM_DEV_REMOVE", name, l.kernel.remove(name))
+}
 
 func (dmKernel) info(name string) (devInfo, error) {
 	inf, err := dmtable.Info(name)

@@ -53,8 +53,9 @@ func Open(dir string, create bool) (*Manager, error) {
 			return nil, err
 		}
 	}
-	return &Manager{Dir: dir, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Poll: 100 * time.Millisecond,
-		k: dmKernel{}, fs: fileStore{}}, nil
+	m := &Manager{Dir: dir, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Poll: 100 * time.Millisecond, fs: fileStore{}}
+	m.k = loggedKernel{kernel: dmKernel{}, m: m}
+	return m, nil
 }
 
 // volume is a locked volume with its record.
