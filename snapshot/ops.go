@@ -180,10 +180,6 @@ func (m *Manager) plan(v *volume, o PrepareOptions) (*Plan, error) {
 	if err := fiemap.CheckStorePath(o.StorePath); err != nil {
 		return nil, err
 	}
-	if fi, err := os.Stat(filepath.Dir(o.StorePath)); err == nil && fi.Mode().Perm()&0o002 != 0 {
-		return nil, &ErrRefused{Volume: o.Name, Op: "prepare", Reason: fmt.Sprintf("the store's directory %s is writable by everyone (mode %o): others could replace or remove the store", filepath.Dir(o.StorePath), fi.Mode()&os.ModePerm|fi.Mode()&os.ModeSticky),
-			Hint: "put the store in a directory only root can write, e.g. mkdir -m 700 DIR"}
-	}
 	if _, err := os.Lstat(o.StorePath); err == nil {
 		return nil, &ErrRefused{Volume: o.Name, Op: "prepare", Reason: fmt.Sprintf("store %s already exists (a file or a symbolic link)", o.StorePath),
 			Hint: "choose a new --store path; remove the old file only if no volume uses it (`snapctl status`)"}
@@ -191,6 +187,10 @@ func (m *Manager) plan(v *volume, o PrepareOptions) (*Plan, error) {
 	_, free, total, err := m.fs.fsOf(o.StorePath)
 	if err != nil {
 		return nil, fmt.Errorf("prepare %q: store %s: %w", o.Name, o.StorePath, err)
+	}
+	if fi, err := os.Stat(filepath.Dir(o.StorePath)); err == nil && fi.Mode().Perm()&0o002 != 0 {
+		return nil, &ErrRefused{Volume: o.Name, Op: "prepare", Reason: fmt.Sprintf("the store's directory %s is writable by everyone (mode %o): others could replace or remove the store", filepath.Dir(o.StorePath), fi.Mode()&os.ModePerm|fi.Mode()&os.ModeSticky),
+			Hint: "put the store in a directory only root can write, e.g. mkdir -m 700 DIR"}
 	}
 	if err := m.checkStateDir(o.Name, origin); err != nil {
 		return nil, err
