@@ -189,7 +189,7 @@ func (m *Manager) plan(v *volume, o PrepareOptions) (*Plan, error) {
 		return nil, fmt.Errorf("prepare %q: store %s: %w", o.Name, o.StorePath, err)
 	}
 	if fi, err := os.Stat(filepath.Dir(o.StorePath)); err == nil && fi.Mode().Perm()&0o002 != 0 {
-		return nil, &ErrRefused{Volume: o.Name, Op: "prepare", Reason: fmt.Sprintf("the store's directory %s is writable by everyone (mode %o): others could replace or remove the store", filepath.Dir(o.StorePath), fi.Mode()&os.ModePerm|fi.Mode()&os.ModeSticky),
+		return nil, &ErrRefused{Volume: o.Name, Op: "prepare", Reason: fmt.Sprintf("the store's directory %s is writable by everyone (%v): others could replace or remove the store", filepath.Dir(o.StorePath), fi.Mode()),
 			Hint: "put the store in a directory only root can write, e.g. mkdir -m 700 DIR"}
 	}
 	if err := m.checkStateDir(o.Name, origin); err != nil {
