@@ -1,9 +1,11 @@
 package nbd
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"runtime"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -66,6 +68,7 @@ func disconnect(fd int) error { return ioctl(fd, NBD_DISCONNECT, 0) }
 // thread).
 func doIt(fd int) error {
 	runtime.LockOSThread()
+	doingIt.Add(1) // never decremented: the thread stays signal-blind until it exits
 	all := unix.Sigset_t{}
 	for i := range all.Val {
 		all.Val[i] = ^uint64(0)
@@ -75,6 +78,9 @@ func doIt(fd int) error {
 	}
 	return ioctl(fd, NBD_DO_IT, 0)
 }
+
+// doingIt counts threads that entered NBD_DO_IT with signals blocked.
+var doingIt atomic.Int32
 
 // openDevice opens an NBD device node for the ioctls.
 func openDevice(path string) (int, error) {
@@ -121,12 +127,18 @@ func socketPair() (kernel int, server *os.File, err error) {
 // over 100 MiB), and prctl(PR_SET_IO_FLUSHER) on every thread keeps its
 // allocations from waiting on writeback to the device it serves. Both are
 // best effort: the error says what did not work; serving works without.
+// Call it before Bind: the prctl runs on every thread by signalling it,
+// which the signal-blind NBD_DO_IT thread would never answer.
 func Harden() error {
 	var errs []error
 	if err := unix.Mlockall(unix.MCL_CURRENT | unix.MCL_FUTURE | unix.MCL_ONFAULT); err != nil {
 		errs = append(errs, fmt.Errorf("mlockall: %w", err))
 	}
-	if _, _, errno := syscall.AllThreadsSyscall(unix.SYS_PRCTL, unix.PR_SET_IO_FLUSHER, 1, 0); errno != 0 {
+	if doingIt.Load() > 0 {
+		// AllThreadsSyscall signals every thread and waits for each to
+		// answer; a thread in NBD_DO_IT has signals blocked and never would.
+		errs = append(errs, errors.New("prctl(PR_SET_IO_FLUSHER): skipped: call Harden before Bind"))
+	} else if _, _, errno := syscall.AllThreadsSyscall(unix.SYS_PRCTL, unix.PR_SET_IO_FLUSHER, 1, 0); errno != 0 {
 		errs = append(errs, fmt.Errorf("prctl(PR_SET_IO_FLUSHER): %w", errno))
 	}
 	return joinErrs(errs)
