@@ -77,9 +77,9 @@ type storeFS interface {
 	// reachable is false when its filesystem is not mounted (delete later).
 	release(s Store) (reachable bool, err error)
 	// removePartial deletes a store file that prepare may have left before it
-	// could record the inode: only an empty or exactly sized, non-immutable
-	// regular file.
-	removePartial(path string, bytes uint64) error
+	// could record the inode: only an empty or exactly sized regular file.
+	// reachable is false when its filesystem is not mounted (delete later).
+	removePartial(s Store) (reachable bool, err error)
 }
 
 // Tables of the stack.

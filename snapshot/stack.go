@@ -170,28 +170,31 @@ func (v *volume) releaseStore() error {
 	if s == nil {
 		return nil
 	}
-	if s.Inode == 0 {
-		if err := v.m.fs.removePartial(s.Path, s.Bytes); err != nil {
-			return err
-		}
-	} else {
-		reachable, err := v.m.fs.release(*s)
-		if err != nil {
-			return err
-		}
-		if !reachable {
-			v.rec.Cleanup = append(v.rec.Cleanup, *s)
-		}
+	reachable, err := v.release(*s)
+	if err != nil {
+		return err
+	}
+	if !reachable {
+		v.rec.Cleanup = append(v.rec.Cleanup, *s)
 	}
 	v.rec.Store, v.rec.Mode, v.rec.Created = nil, "", false
 	return nil
+}
+
+// release deletes a store file; one whose inode prepare never recorded
+// (killed while allocating) only if it looks like what prepare leaves.
+func (v *volume) release(s Store) (reachable bool, err error) {
+	if s.Inode == 0 {
+		return v.m.fs.removePartial(s)
+	}
+	return v.m.fs.release(s)
 }
 
 // cleanup deletes store files left for later whose filesystem is back.
 func (v *volume) cleanup() {
 	var keep []Store
 	for _, s := range v.rec.Cleanup {
-		if ok, err := v.m.fs.release(s); err != nil || !ok {
+		if ok, err := v.release(s); err != nil || !ok {
 			keep = append(keep, s)
 		}
 	}

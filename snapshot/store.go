@@ -283,19 +283,22 @@ func syncDir(path string) error {
 	return nil
 }
 
-func (fileStore) removePartial(path string, bytes uint64) error {
+func (fileStore) removePartial(s Store) (bool, error) {
 	var st syscall.Stat_t
-	if err := syscall.Lstat(path, &st); err != nil {
+	if err := syscall.Lstat(s.Path, &st); err != nil {
 		if errors.Is(err, syscall.ENOENT) {
-			return nil
+			// Never created, or its filesystem is not mounted (activate at
+			// boot): only the directory's device tells them apart.
+			dev, _, _, derr := fileStore{}.fsOf(s.Path)
+			return derr == nil && dev == s.FSDev, nil
 		}
-		return fmt.Errorf("stat store %s: %w", path, err)
+		return false, fmt.Errorf("stat store %s: %w", s.Path, err)
 	}
-	if st.Mode&syscall.S_IFMT != syscall.S_IFREG || (st.Size != 0 && uint64(st.Size) != bytes) {
-		return nil // not something prepare could have left
+	if st.Mode&syscall.S_IFMT != syscall.S_IFREG || (st.Size != 0 && uint64(st.Size) != s.Bytes) {
+		return true, nil // not something prepare could have left
 	}
-	if err := fiemap.Remove(path); err != nil {
-		return err
+	if err := fiemap.Remove(s.Path); err != nil {
+		return true, err
 	}
-	return syncDir(path)
+	return true, syncDir(s.Path)
 }
