@@ -117,10 +117,15 @@ func startBow(t testing.TB, dev, nbd, state string, extra ...string) *bowServer 
 // ctl runs `snapctl bow OP --control SOCKET --json`.
 func (s *bowServer) ctl(op string) (string, string, int) {
 	var stdout, stderr bytes.Buffer
-	cmd := exec.Command(snapctlBin, "bow", op, "--control", s.control, "--json")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, snapctlBin, "bow", op, "--control", s.control, "--json")
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	code := 0
 	if err := cmd.Run(); err != nil {
+		if ctx.Err() != nil {
+			s.hung(fmt.Sprintf("snapctl bow %s got no answer within 60 s", op))
+		}
 		ee, ok := err.(*exec.ExitError)
 		if !ok {
 			s.t.Fatalf("run snapctl bow %s: %v", op, err)
@@ -128,6 +133,36 @@ func (s *bowServer) ctl(op string) (string, string, int) {
 		code = ee.ExitCode()
 	}
 	return stdout.String(), stderr.String(), code
+}
+
+// hung dumps the server's goroutines (SIGQUIT) and the kernel's blocked
+// tasks, and fails the test.
+func (s *bowServer) hung(what string) {
+	s.t.Helper()
+	s.cmd.Process.Signal(syscall.SIGQUIT)
+	select {
+	case <-s.done:
+	case <-time.After(10 * time.Second):
+		s.cmd.Process.Kill()
+		<-s.done
+	}
+	blocked(s.t, fmt.Sprintf("%s; server output:\n%s", what, s.out))
+}
+
+// runFor runs a program like run, but gives up after d, dumping what is
+// blocked.
+func (s *bowServer) runFor(d time.Duration, name string, args ...string) string {
+	s.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+	if ctx.Err() != nil {
+		s.hung(fmt.Sprintf("%s %s did not finish within %v", name, strings.Join(args, " "), d))
+	}
+	if err != nil {
+		s.t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
 }
 
 // bowStatus is the part of `snapctl bow status --json` the tests read.
@@ -177,9 +212,7 @@ func (s *bowServer) stop() string {
 	select {
 	case <-s.done:
 	case <-time.After(90 * time.Second):
-		s.cmd.Process.Kill()
-		<-s.done
-		s.t.Fatalf("bow server did not stop within 90 s of SIGTERM:\n%s", s.out)
+		s.hung("bow server did not stop within 90 s of SIGTERM")
 	}
 	if s.err != nil {
 		s.t.Fatalf("bow server after SIGTERM: %v\n%s", s.err, s.out)

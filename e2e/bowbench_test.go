@@ -134,9 +134,9 @@ func checkBlocks(t testing.TB, dev string, phase, first, n uint64) {
 	}
 }
 
-func discardRange(t testing.TB, dev string, off, n int64) {
-	t.Helper()
-	run(t, "blkdiscard", "-o", fmt.Sprint(off), "-l", fmt.Sprint(n), dev)
+func discardRange(s *bowServer, dev string, off, n int64) {
+	s.t.Helper()
+	s.runFor(2*time.Minute, "blkdiscard", "-o", fmt.Sprint(off), "-l", fmt.Sprint(n), dev)
 }
 
 // The three write patterns of a throughput row, each on its own blocks.
@@ -192,7 +192,7 @@ func benchBowThroughput(t *testing.T) {
 	// free targets and the backup space, checkpoint, and alternate writes
 	// into free space with overwrites of data the checkpoint holds.
 	srv := serveBow(t, disk, nbd, t.TempDir(), "--low-space", "0")
-	discardRange(t, nbd, freeBlk*4096, (endBlk-freeBlk)*4096)
+	discardRange(srv, nbd, freeBlk*4096, (endBlk-freeBlk)*4096)
 	st := srv.must("checkpoint")
 	if st.FreeBytes < 400*mib {
 		t.Fatalf("free space at checkpoint %d, want the 416 MiB discarded", st.FreeBytes)
