@@ -272,7 +272,8 @@ func mgWriteChanges(t testing.TB, dev string, spec mgSpec, seed uint64) {
 		first error
 	)
 	for w := range writers {
-		buf := mgAligned(t, int(maxLen))
+		buf, free := mgAligned(t, int(maxLen))
+		defer free()
 		src := rand.NewChaCha8([32]byte{byte(w), byte(seed), byte(seed >> 8), 0x77})
 		wg.Add(1)
 		go func() {
@@ -299,15 +300,15 @@ func mgWriteChanges(t testing.TB, dev string, spec mgSpec, seed uint64) {
 	must(t, f.Sync())
 }
 
-// mgAligned is an n-byte buffer aligned for O_DIRECT.
-func mgAligned(t testing.TB, n int) []byte {
+// mgAligned is an n-byte buffer aligned for O_DIRECT; the caller frees
+// it (the guest has little memory and the tests make many).
+func mgAligned(t testing.TB, n int) (b []byte, free func()) {
 	t.Helper()
 	b, err := unix.Mmap(-1, 0, n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
 	if err != nil {
 		t.Fatalf("mmap %d bytes: %v", n, err)
 	}
-	t.Cleanup(func() { unix.Munmap(b) })
-	return b
+	return b, func() { unix.Munmap(b) }
 }
 
 // mgOpen opens a block device with O_DIRECT (its page cache may be stale
@@ -328,7 +329,8 @@ func mgWriteDirect(t testing.TB, dev string, off int64, data []byte) {
 	t.Helper()
 	f := mgOpen(t, dev, os.O_WRONLY)
 	defer f.Close()
-	b := mgAligned(t, len(data))
+	b, free := mgAligned(t, len(data))
+	defer free()
 	copy(b, data)
 	if _, err := f.WriteAt(b, off); err != nil {
 		t.Fatalf("write %s at %d: %v", dev, off, err)
@@ -343,7 +345,8 @@ func mgFill(t testing.TB, dev string, n int64, seed uint64) {
 	f := mgOpen(t, dev, os.O_WRONLY)
 	defer f.Close()
 	src := rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8), 0xf1})
-	buf := mgAligned(t, 1<<20)
+	buf, free := mgAligned(t, 1<<20)
+	defer free()
 	for off := int64(0); off < n; off += int64(len(buf)) {
 		b := buf[:min(int64(len(buf)), n-off)]
 		src.Read(b)
@@ -354,16 +357,19 @@ func mgFill(t testing.TB, dev string, n int64, seed uint64) {
 	must(t, f.Sync())
 }
 
-// mgSum is the sha256 of the first n bytes of a device or file, read past
-// the page cache.
+// mgSum is the sha256 of the first n bytes of a device or file, a device
+// read past its page cache.
 func mgSum(t testing.TB, path string, n int64) string {
 	t.Helper()
-	run(t, "sync")
-	os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0)
+	// No drop_caches: in the 6.1 UML guest, writing 3 to it sometimes
+	// spins the guest kernel forever (seen right after an offline merge of
+	// thousands of scattered O_DIRECT writes). Block devices are read with
+	// O_DIRECT; files are only ever written through this guest's cache.
 	f := mgOpen(t, path, os.O_RDONLY)
 	defer f.Close()
 	h := sha256.New()
-	buf := mgAligned(t, 1<<20)
+	buf, free := mgAligned(t, 1<<20)
+	defer free()
 	for off := int64(0); off < n; {
 		b := buf[:min(int64(len(buf)), n-off)]
 		k, err := f.ReadAt(b, off)
@@ -384,7 +390,8 @@ func mgCopy(t testing.TB, src, dst string, n int64) {
 	defer in.Close()
 	out := mgOpen(t, dst, os.O_WRONLY|os.O_CREATE)
 	defer out.Close()
-	buf := mgAligned(t, 1<<20)
+	buf, free := mgAligned(t, 1<<20)
+	defer free()
 	for off := int64(0); off < n; off += int64(len(buf)) {
 		b := buf[:min(int64(len(buf)), n-off)]
 		if _, err := in.ReadAt(b, off); err != nil {
@@ -416,6 +423,7 @@ func mgKernelMerge(t testing.TB, spec mgSpec, storeBytes int64, originDisk, cowD
 	})}))
 	start := time.Now()
 	must(t, dmtable.Resume(mgVol))
+	next := 30 * time.Second
 	for {
 		st, line := mgStatus(t, mgVol)
 		if st.State != dmtable.SnapshotActive {
@@ -424,8 +432,11 @@ func mgKernelMerge(t testing.TB, spec mgSpec, storeBytes int64, originDisk, cowD
 		if st.Merged() {
 			break
 		}
-		if time.Since(start) > 4*time.Minute {
-			t.Fatalf("%s: snapshot-merge not done after %v: status %q", spec.name, time.Since(start), line)
+		if el := time.Since(start); el > 4*time.Minute {
+			t.Fatalf("%s: snapshot-merge not done after %v: status %q", spec.name, el, line)
+		} else if el > next {
+			t.Logf("%s: snapshot-merge still running after %v: status %q", spec.name, el.Round(time.Second), line)
+			next += 30 * time.Second
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -627,7 +638,7 @@ func TestMergeKill(t *testing.T) {
 	kills, afterRecord, early := 0, 0, 0
 	for round := 1; kills < 10; round++ {
 		if round > 12 {
-			t.Fatalf("only %d kills landed in %d rounds (%d runs finished before their kill)", kills, round-1, early)
+			t.Fatalf("only %d kills landed in %d rounds (%d runs finished before their kill):\n%s", kills, round-1, early, strings.Join(log, "\n"))
 		}
 		fresh()
 		recorded := false // a run of this round was killed after writing a record
@@ -658,7 +669,7 @@ func TestMergeKill(t *testing.T) {
 				early++
 				switch {
 				case k == 0:
-					whole = dur
+					whole = dur * 9 / 10
 				case !kill.record:
 					hi = max(kill.delay*7/10, 20*time.Millisecond)
 				}
@@ -666,12 +677,15 @@ func TestMergeKill(t *testing.T) {
 					round, k+1, dur.Round(time.Millisecond), kill, whole.Round(time.Millisecond), hi.Round(time.Millisecond)))
 			}
 			r := mgParseResult(t, out)
-			log = append(log, fmt.Sprintf("round %d run %d: completed, resumed after %d of %d exceptions, copied %d bytes",
-				round, k+1, r.Resumed, r.Exceptions, r.Copied))
-			if recorded && r.Resumed == 0 {
+			log = append(log, fmt.Sprintf("round %d run %d: completed in %v, resumed after %d of %d exceptions, copied %d bytes, already done %v",
+				round, k+1, dur.Round(time.Millisecond), r.Resumed, r.Exceptions, r.Copied, r.AlreadyDone))
+			switch {
+			case r.AlreadyDone:
+				// A killed run finished and invalidated the store; check
+				// below verifies that it did.
+			case recorded && r.Resumed == 0:
 				t.Errorf("round %d: a run was killed after writing a progress record, but the completing run started over", round)
-			}
-			if r.Resumed+int(r.Copied/spec.chunk) < r.Exceptions || !r.Invalidated {
+			case r.Resumed+int(r.Copied/spec.chunk) != r.Exceptions || !r.Invalidated:
 				t.Errorf("round %d: completing run %+v: resumed + copied do not cover every exception, or the store was not invalidated", round, r)
 			}
 			break
