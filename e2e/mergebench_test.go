@@ -31,11 +31,12 @@ import (
 //
 // Known trouble in the harness, not in snapctl: now and then (about one
 // offline merge of the scattered store in ten to twenty) the UML guest
-// wedges within 100 ms after the merge process exits: its kernel spins in
-// the idle loop (os_idle_sleep) at 100 % host CPU and no timer or I/O ever
-// completes again, so the boot runs into its timeout. It was never seen
-// with 64 KiB chunks, image files, kernel merges or dd. The runs are kept to
-// three to keep the exposure low.
+// wedges shortly after the merge process exits (once within 100 ms, with
+// no further I/O issued): its kernel spins in the idle loop (os_idle_sleep)
+// at 100 % host CPU and no timer or I/O ever completes again, so the boot
+// runs into its timeout. It was never seen with 64 KiB chunks, image
+// files, kernel merges or dd. The runs are kept to three to keep the
+// exposure low.
 //
 // Guest disks (host tmpfs when it has room, see mgDisks):
 //
