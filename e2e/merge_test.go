@@ -361,10 +361,8 @@ func mgFill(t testing.TB, dev string, n int64, seed uint64) {
 // read past its page cache.
 func mgSum(t testing.TB, path string, n int64) string {
 	t.Helper()
-	// No drop_caches: in the 6.1 UML guest, writing 3 to it sometimes
-	// spins the guest kernel forever (seen right after an offline merge of
-	// thousands of scattered O_DIRECT writes). Block devices are read with
-	// O_DIRECT; files are only ever written through this guest's cache.
+	// No drop_caches needed: block devices are read with O_DIRECT, and
+	// files are only ever written through this guest's page cache.
 	f := mgOpen(t, path, os.O_RDONLY)
 	defer f.Close()
 	h := sha256.New()
