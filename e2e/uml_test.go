@@ -177,10 +177,11 @@ type RunOptions struct {
 
 // Result is what came back from one boot.
 type Result struct {
-	Output  string        // the console: kernel messages and the program's output
-	Status  int           // the program's exit status; -1 if it did not finish
-	Cut     bool          // the machine was killed by PowerCutOn
-	Elapsed time.Duration // wall time of the boot
+	Output   string        // the console: kernel messages and the program's output
+	Status   int           // the program's exit status; -1 if it did not finish
+	Cut      bool          // the machine was killed by PowerCutOn
+	TimedOut bool          // the guest did not finish within Config.Timeout
+	Elapsed  time.Duration // wall time of the boot
 }
 
 var testRunPart = regexp.MustCompile(`[^/]+`)
@@ -283,7 +284,8 @@ func (m *Machine) Run(t testing.TB, opts RunOptions) Result {
 		}
 	}
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-		t.Errorf("guest timed out after %v\n%s", m.cfg.Timeout, tail(r.Output, 60))
+		r.TimedOut = true
+		t.Logf("guest timed out after %v\n%s", m.cfg.Timeout, tail(r.Output, 60))
 	} else if r.Status == -1 && !cut {
 		t.Logf("linux.uml exited (%v) without a status from the guest program", werr)
 	}
@@ -327,7 +329,18 @@ func InGuest(t *testing.T, cfg Config) bool {
 	}
 	m := NewMachine(t, cfg)
 	r := m.Run(t, RunOptions{})
+	if r.TimedOut {
+		// UML 6.1 now and then wedges in its idle loop (100 % host CPU, no
+		// timer or I/O completes again) on a loaded host. Boot the test once
+		// more on fresh disks; a hang of snapctl's own repeats and fails.
+		t.Logf("RETRY: the guest did not finish within %v; booting the test once more on fresh disks", m.cfg.Timeout)
+		m = NewMachine(t, cfg)
+		r = m.Run(t, RunOptions{})
+	}
 	t.Logf("guest boot took %v", r.Elapsed.Round(time.Millisecond))
+	if r.TimedOut {
+		t.Fatalf("guest timed out twice (after %v each)", m.cfg.Timeout)
+	}
 	if r.Status != 0 {
 		t.Fatalf("guest test failed (status %d):\n%s", r.Status, tail(r.Output, 200))
 	}
