@@ -252,10 +252,7 @@ func (fileStore) release(s Store) (bool, error) {
 	var st syscall.Stat_t
 	err := syscall.Lstat(s.Path, &st)
 	if errors.Is(err, syscall.ENOENT) {
-		// Gone, or its filesystem is not mounted: tell them apart by the
-		// device of the directory that should hold it.
-		dev, _, _, derr := fileStore{}.fsOf(s.Path)
-		return derr == nil && dev == s.FSDev, nil
+		return mounted(s), nil
 	}
 	if err != nil {
 		return false, fmt.Errorf("stat store %s: %w", s.Path, err)
@@ -267,6 +264,14 @@ func (fileStore) release(s Store) (bool, error) {
 		return true, err
 	}
 	return true, syncDir(s.Path)
+}
+
+// mounted tells a store file that is gone from one whose filesystem is not
+// mounted (activate at boot): the directory that should hold it must be on
+// the store's filesystem.
+func mounted(s Store) bool {
+	dev, _, _, err := fileStore{}.fsOf(s.Path)
+	return err == nil && dev == s.FSDev
 }
 
 // syncDir makes the removal of path durable before the record says so:
@@ -287,10 +292,7 @@ func (fileStore) removePartial(s Store) (bool, error) {
 	var st syscall.Stat_t
 	if err := syscall.Lstat(s.Path, &st); err != nil {
 		if errors.Is(err, syscall.ENOENT) {
-			// Never created, or its filesystem is not mounted (activate at
-			// boot): only the directory's device tells them apart.
-			dev, _, _, derr := fileStore{}.fsOf(s.Path)
-			return derr == nil && dev == s.FSDev, nil
+			return mounted(s), nil
 		}
 		return false, fmt.Errorf("stat store %s: %w", s.Path, err)
 	}
