@@ -45,6 +45,12 @@ import (
 //	ubdb store size   the store they read
 //	ubdc, ubdd        pristine copies of the two, restored before each run
 func TestMergeBench(t *testing.T) {
+	// On demand (make bench), not in CI: the offline merge of the scattered
+	// store wedges the UML guest (above) too often for a CI gate; the
+	// correctness of offline vs kernel merge is TestMergeKernelVsOffline's.
+	if os.Getenv("SNAPCTL_E2E_MERGEBENCH") != "1" && !guest() {
+		t.Skip("benchmark: run with SNAPCTL_E2E_MERGEBENCH=1 (make bench); the UML idle-loop wedge makes it unfit for CI")
+	}
 	const (
 		chunk   = 4 << 10
 		origin  = 256 << 20
