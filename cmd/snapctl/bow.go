@@ -96,7 +96,7 @@ func (a *app) bowRestore(path string, dryRun, rollForward bool) error {
 		return fmt.Errorf("restore %s: %w", path, err)
 	}
 	if a.json {
-		return a.printJSON(sum)
+		return a.printDoc(&bowRestoreDoc{RestoreSummary: sum})
 	}
 	switch {
 	case sum.RolledForward:
@@ -142,7 +142,7 @@ func (a *app) bowInspect(path string) error {
 		return err
 	}
 	if a.json {
-		if jerr := a.printJSON(info); jerr != nil {
+		if jerr := a.printDoc(&bowInspectDoc{Info: info}); jerr != nil {
 			return jerr
 		}
 		return err

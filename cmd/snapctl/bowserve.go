@@ -581,7 +581,7 @@ func controlCmd(a *app, use, short, long, op string, show func(*serveStatus)) *c
 				return err
 			}
 			if a.json {
-				return a.printJSON(s)
+				return a.printDoc(&bowStatusDoc{serveStatus: s})
 			}
 			show(s)
 			return nil
@@ -651,7 +651,7 @@ func (a *app) bowCommitOffline(dev string) error {
 		return err
 	}
 	if a.json {
-		return a.printJSON(map[string]any{"device": dev, "committed": true})
+		return a.printDoc(&bowOfflineCommitDoc{Device: dev, Committed: true})
 	}
 	a.printf("committed %s offline: the checkpoint is dropped, the current contents kept\n", dev)
 	return nil
@@ -773,4 +773,11 @@ func classifyBowServe(err error) (int, string, bool) {
 		return exitUnsupported, "load the kernel's NBD client (modprobe nbd) and give a /dev/nbdN device", true
 	}
 	return 0, "", false
+}
+
+// bowOfflineCommitDoc is `bow commit --offline --json`.
+type bowOfflineCommitDoc struct {
+	schema
+	Device    string `json:"device"`
+	Committed bool   `json:"committed"`
 }

@@ -24,6 +24,7 @@ const cowSizeProgressMin = 64 << 20
 
 // cowSizeResult is the --json output of cow-size.
 type cowSizeResult struct {
+	schema
 	ChunkSize      uint32 `json:"chunk_size"`
 	ChunkSectors   uint32 `json:"chunk_sectors"`
 	ChangedChunks  uint64 `json:"changed_chunks"`
@@ -130,7 +131,7 @@ headroom, rounded up to whole chunks.`,
 				res.MarginPercent, res.BytesWithMargin, res.ChunksWithMargin = &margin, &withMargin, &holds
 			}
 			if a.json {
-				return a.printJSON(res)
+				return a.printDoc(&res)
 			}
 			a.printf("chunk size:       %s (%d sectors)\n", cowSizeHuman(uint64(res.ChunkSize)), res.ChunkSectors)
 			a.printf("changed chunks:   %d\n", res.ChangedChunks)

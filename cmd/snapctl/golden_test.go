@@ -259,8 +259,9 @@ func (w goldenWriter) WriteAt(p []byte, off int64) (int, error) { return copy(w[
 
 // TestGoldenJSON compares the --json output of the commands that run
 // without root or device-mapper with golden files: cow-size and version
-// fully (values included, but the Go release), inspect-cow and the offline
-// merge with the temporary paths masked. Each document's fields must also
+// fully (values included, but the Go release), inspect-cow, the offline
+// merge and the bow commands with the temporary paths (and the server's
+// pid) masked. Each document's fields must also
 // be listed in its section of docs/json.md.
 func TestGoldenJSON(t *testing.T) {
 	dir := t.TempDir()
@@ -296,6 +297,16 @@ func TestGoldenJSON(t *testing.T) {
 	if err := os.WriteFile(origin, bytes.Repeat([]byte{0xee}, 64*4096), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// Images with a bow checkpoint (restore and commit change them, so
+	// each gets its own) and a bow server on an in-memory device whose
+	// upper half was trimmed, so that a checkpoint has room.
+	bowInspected, _ := bowImage(t, 512)
+	bowRestored, _ := bowImage(t, 512)
+	bowCommitted, _ := bowImage(t, 512)
+	engine, sock := startControl(t, 1<<20)
+	if err := (engineBackend{engine}).Trim(512<<10, 512<<10); err != nil {
+		t.Fatal(err)
+	}
 
 	for _, tc := range []struct {
 		name    string
@@ -315,6 +326,14 @@ func TestGoldenJSON(t *testing.T) {
 		{"inspect-cow-fresh", []string{"inspect-cow", fresh}, []string{"path"}, "inspect-cow", 0},
 		{"inspect-cow-bad-magic", []string{"inspect-cow", bad}, []string{"path"}, "inspect-cow", exitInvalidData},
 		{"merge-offline", []string{"merge", "--offline", "--origin", origin, "--cow", offStore, "--chunk-size", "4K"}, []string{"target", "seconds"}, "merge --offline", 0},
+		{"bow-inspect", []string{"bow", "inspect", bowInspected}, []string{"device"}, "bow inspect", 0},
+		{"bow-restore-dry-run", []string{"bow", "restore", "--dry-run", bowInspected}, []string{"device"}, "bow restore", 0},
+		{"bow-restore", []string{"bow", "restore", bowRestored}, []string{"device"}, "bow restore", 0},
+		{"bow-commit-offline", []string{"bow", "commit", "--offline", bowCommitted}, []string{"device"}, "bow commit --offline", 0},
+		// In this order: status, then a checkpoint, then its commit.
+		{"bow-status", []string{"bow", "status", "--control", sock}, []string{"pid"}, "bow status", 0},
+		{"bow-checkpoint", []string{"bow", "checkpoint", "--control", sock}, []string{"pid"}, "bow status", 0},
+		{"bow-commit", []string{"bow", "commit", "--control", sock}, []string{"pid"}, "bow status", 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out, errOut, err := goldenRun(t, append(tc.args, "--json")...)
@@ -335,7 +354,7 @@ func TestGoldenJSON(t *testing.T) {
 			documented := docFields(t, tc.section)
 			for p := range paths {
 				if !documented[p] {
-					t.Errorf("field %q of %s --json is not documented in the %q section of docs/json.md", p, tc.args[0], tc.section)
+					t.Errorf("field %q of %s --json is not documented in the %q section of docs/json.md", p, tc.name, tc.section)
 				}
 			}
 		})
@@ -370,7 +389,7 @@ func docFields(t *testing.T, section string) map[string]bool {
 	row := regexp.MustCompile("^\\| `([^`]+)` \\|")
 	for _, l := range strings.Split(string(b), "\n") {
 		if strings.HasPrefix(l, "## ") {
-			in = strings.HasPrefix(l, "## `snapctl "+section+" ") || strings.HasPrefix(l, "## `snapctl "+section+"`")
+			in = headingIs(l, section)
 			found = found || in
 			continue
 		}
@@ -382,6 +401,25 @@ func docFields(t *testing.T, section string) map[string]bool {
 		t.Fatalf("docs/json.md has no section for `snapctl %s`", section)
 	}
 	return fields
+}
+
+// headingIs reports whether the docs/json.md heading l ("## `snapctl
+// bow commit --offline DEV --json`") is the section of command section
+// ("bow commit --offline"): the command line in the heading is section
+// followed by arguments, --json or nothing, but no other flag, so "bow
+// commit" does not match the heading of "bow commit --offline".
+func headingIs(l, section string) bool {
+	cmdline, ok := strings.CutPrefix(l, "## `snapctl ")
+	if !ok {
+		return false
+	}
+	cmdline, _, _ = strings.Cut(cmdline, "`")
+	rest, ok := strings.CutPrefix(cmdline, section)
+	if !ok {
+		return false
+	}
+	rest, spaced := strings.CutPrefix(rest, " ")
+	return rest == "" || spaced && (!strings.HasPrefix(rest, "--") || strings.HasPrefix(rest, "--json"))
 }
 
 // typeFields lists the JSON field paths a Go type can print, as
@@ -400,7 +438,14 @@ func typeFields(t reflect.Type, path string, into map[string]bool) {
 	case reflect.Struct:
 		for i := range t.NumField() {
 			f := t.Field(i)
-			if !f.IsExported() {
+			// encoding/json prints the exported fields of an embedded
+			// struct, or pointer to one, even when its type is unexported
+			// (schema, *serveStatus).
+			ft := f.Type
+			if ft.Kind() == reflect.Pointer {
+				ft = ft.Elem()
+			}
+			if !f.IsExported() && !(f.Anonymous && ft.Kind() == reflect.Struct) {
 				continue
 			}
 			tag, _, _ := strings.Cut(f.Tag.Get("json"), ",")
@@ -431,20 +476,14 @@ func typeFields(t reflect.Type, path string, into map[string]bool) {
 // status goldens that e2e/boot_test.go wrote from a real kernel hold only
 // documented fields.
 func TestJSONDocumented(t *testing.T) {
-	for _, tc := range []struct {
-		section string
-		v       any
-	}{
-		{"status", snapshot.VolumeStatus{}},
-		{"prepare", snapshot.Plan{}},
-		{"cow-size", cowSizeResult{}},
-		{"inspect-cow", inspectCOWReport{}},
-		{"targets", targetsReport{}},
-		{"map-file", mapFileReport{}},
-	} {
+	for _, tc := range jsonDocuments() {
 		t.Run(tc.section, func(t *testing.T) {
 			have := map[string]bool{}
-			typeFields(reflect.TypeOf(tc.v), "", have)
+			ty := reflect.TypeOf(tc.v)
+			if ty.Kind() == reflect.Slice { // an array documents its elements
+				ty = ty.Elem()
+			}
+			typeFields(ty, "", have)
 			doc := docFields(t, tc.section)
 			for p := range have {
 				if !doc[p] {

@@ -18,6 +18,7 @@ func init() {
 
 // inspectCOWReport is the JSON form of `snapctl inspect-cow`.
 type inspectCOWReport struct {
+	schema
 	Path       string            `json:"path"`
 	Size       int64             `json:"size"`
 	Magic      string            `json:"magic"`
@@ -122,7 +123,7 @@ func inspectCOW(a *app, path string, want merge.Expect, entries int) error {
 		rep.Error = herr.Error()
 	}
 	if a.json {
-		if err := a.printJSON(rep); err != nil {
+		if err := a.printDoc(&rep); err != nil {
 			return err
 		}
 		return err2

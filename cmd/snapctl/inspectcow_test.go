@@ -81,7 +81,7 @@ func TestInspectCOWJSON(t *testing.T) {
 		t.Fatalf("decode %q: %v", out, err)
 	}
 	want := inspectCOWReport{
-		Path: p, Size: 259 * 4096, Magic: "0x70416e53", Valid: true, Version: 1, ChunkSize: 8, ChunkBytes: 4096,
+		schema: schema{SchemaVersion: schemaVersion}, Path: p, Size: 259 * 4096, Magic: "0x70416e53", Valid: true, Version: 1, ChunkSize: 8, ChunkBytes: 4096,
 		Exceptions: 256, PerArea: 256, Areas: 2, Chunks: 259, UsedChunks: 259, UsedBytes: 259 * 4096,
 		First: ex[:2], Last: ex[254:],
 	}

@@ -19,6 +19,7 @@ func init() {
 // mapFileReport is the --json output of map-file: the mapping plus the
 // table text it would load.
 type mapFileReport struct {
+	schema
 	*fiemap.Mapping
 	Table string `json:"table"` // the linear table, one target per line
 }
@@ -64,7 +65,7 @@ multiple of the chunk size and of the devices' logical block size.`,
 				fmt.Fprintf(a.progressOut(), "warning: %s\n", w)
 			}
 			if a.json {
-				return a.printJSON(mapFileReport{Mapping: m, Table: table.String()})
+				return a.printDoc(&mapFileReport{Mapping: m, Table: table.String()})
 			}
 			printMapping(a, m, table)
 			return nil

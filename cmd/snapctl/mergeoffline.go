@@ -93,17 +93,8 @@ func interrupted(err error, how string) error {
 
 func (a *app) offlineReport(what string, res *merge.OfflineResult, el time.Duration) error {
 	if a.json {
-		return a.printJSON(struct {
-			Target      string  `json:"target"`
-			Exceptions  int     `json:"exceptions"`
-			Bytes       int64   `json:"bytes"`
-			Copied      int64   `json:"copied"`
-			Writes      int     `json:"writes"`
-			Resumed     int     `json:"resumed"`
-			AlreadyDone bool    `json:"already_done"`
-			Invalidated bool    `json:"invalidated"`
-			Seconds     float64 `json:"seconds"`
-		}{what, len(res.Store.Exceptions), res.Total, res.Copied, res.Writes, res.Resumed, res.AlreadyDone, res.Invalidated, el.Seconds()})
+		return a.printDoc(&offlineMergeDoc{Target: what, Exceptions: len(res.Store.Exceptions), Bytes: res.Total, Copied: res.Copied,
+			Writes: res.Writes, Resumed: res.Resumed, AlreadyDone: res.AlreadyDone, Invalidated: res.Invalidated, Seconds: el.Seconds()})
 	}
 	if res.AlreadyDone {
 		a.printf("%s: already merged by an earlier run (the store is invalidated); nothing to do\n", what)
@@ -119,4 +110,18 @@ func (a *app) offlineReport(what string, res *merge.OfflineResult, el time.Durat
 	}
 	a.printf("\n")
 	return nil
+}
+
+// offlineMergeDoc is `snapctl merge --offline --json`.
+type offlineMergeDoc struct {
+	schema
+	Target      string  `json:"target"`
+	Exceptions  int     `json:"exceptions"`
+	Bytes       int64   `json:"bytes"`
+	Copied      int64   `json:"copied"`
+	Writes      int     `json:"writes"`
+	Resumed     int     `json:"resumed"`
+	AlreadyDone bool    `json:"already_done"`
+	Invalidated bool    `json:"invalidated"`
+	Seconds     float64 `json:"seconds"`
 }

@@ -22,6 +22,7 @@ var neededTargets = []string{dmtable.TypeLinear, dmtable.TypeSnapshot, dmtable.T
 
 // targetsReport is what `snapctl targets` prints.
 type targetsReport struct {
+	schema
 	Kernel  string                  `json:"kernel"`
 	Driver  dmtable.Version         `json:"driver"`
 	Targets []dmtable.TargetVersion `json:"targets"`
@@ -61,7 +62,7 @@ Example:
 				}
 			}
 			if a.json {
-				return a.printJSON(r)
+				return a.printDoc(&r)
 			}
 			a.printf("kernel:                %s\n", r.Kernel)
 			a.printf("device-mapper driver:  %s\n", r.Driver)

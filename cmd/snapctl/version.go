@@ -18,19 +18,23 @@ func newVersionCmd(a *app) *cobra.Command {
 		Short: "Print snapctl's version",
 		Args:  exactArgs(0),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			v := struct {
-				Version string `json:"version"`
-				Go      string `json:"go"`
-				Module  string `json:"module,omitempty"`
-			}{Version: version, Go: runtime.Version()}
+			v := versionDoc{Version: version, Go: runtime.Version()}
 			if bi, ok := debug.ReadBuildInfo(); ok {
 				v.Module = bi.Main.Path
 			}
 			if a.json {
-				return a.printJSON(v)
+				return a.printDoc(&v)
 			}
 			a.printf("snapctl %s (%s)\n", v.Version, v.Go)
 			return nil
 		},
 	}
+}
+
+// versionDoc is `snapctl version --json`.
+type versionDoc struct {
+	schema
+	Version string `json:"version"`
+	Go      string `json:"go"`
+	Module  string `json:"module,omitempty"`
 }

@@ -155,7 +155,7 @@ Examples:
 				return err
 			}
 			if a.json {
-				return a.printJSON(plan)
+				return a.printDoc(&prepareDoc{Plan: plan})
 			}
 			verb := "prepared"
 			if plan.DryRun {
@@ -289,9 +289,9 @@ chunks used, percent full, chunks left, Invalid/Overflow) and merge progress.
 			}
 			if a.json {
 				if len(args) == 1 {
-					return a.printJSON(all[0])
+					return a.printDoc(statusDoc{all[0]})
 				}
-				return a.printJSON(all)
+				return a.printDoc(statusListDoc(all))
 			}
 			if len(all) == 0 {
 				a.printf("no volumes in %s\n", a.stateDir)
@@ -363,12 +363,12 @@ func (a *app) report(m *snapshot.Manager, name, human string) error {
 		s, err := m.Status(name)
 		var unknown *snapshot.ErrUnknownVolume
 		if errors.As(err, &unknown) {
-			return a.printJSON(map[string]any{"schema_version": 1, "name": name, "phase": "detached"})
+			return a.printDoc(&detachedDoc{Name: name, Phase: "detached"})
 		}
 		if err != nil {
 			return err
 		}
-		return a.printJSON(s)
+		return a.printDoc(statusDoc{s})
 	}
 	a.printf("%s", human)
 	return nil
