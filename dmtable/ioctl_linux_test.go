@@ -413,6 +413,30 @@ func TestTableByDevNotDM(t *testing.T) {
 	}
 }
 
+// TestFlushBuffersRefused checks the errors of FlushBuffers off a block
+// device (the e2e test TestPageCache proves what it does on one).
+func TestFlushBuffersRefused(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "image")
+	must(t, os.WriteFile(file, make([]byte, 4096), 0o644))
+	for _, c := range []struct {
+		name, path string
+		is         error
+	}{
+		{"regular file", file, unix.ENOTTY},
+		{"missing", filepath.Join(t.TempDir(), "none"), os.ErrNotExist},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			err := FlushBuffers(c.path)
+			if !errors.Is(err, c.is) {
+				t.Fatalf("got %v, want an error that is %v", err, c.is)
+			}
+			if want := "drop page cache of " + c.path; !strings.Contains(err.Error(), want) {
+				t.Errorf("got %q, want it to contain %q", err, want)
+			}
+		})
+	}
+}
+
 func TestErrorTexts(t *testing.T) {
 	for _, c := range []struct {
 		err  error

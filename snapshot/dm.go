@@ -50,6 +50,9 @@ func (l loggedKernel) resume(name string) error {
 func (l loggedKernel) remove(name string) error {
 	return l.done("DM_DEV_REMOVE", name, l.kernel.remove(name))
 }
+func (l loggedKernel) flushBuffers(path string) error {
+	return l.done("BLKFLSBUF", path, l.kernel.flushBuffers(path))
+}
 
 func (dmKernel) info(name string) (devInfo, error) {
 	inf, err := dmtable.Info(name)
@@ -79,6 +82,7 @@ func (dmKernel) suspend(name string) error {
 func (dmKernel) resume(name string) error                 { return dmtable.Resume(name) }
 func (dmKernel) remove(name string) error                 { return dmtable.Remove(name) }
 func (dmKernel) table(name string) (dmtable.Table, error) { return dmtable.ReadTable(name) }
+func (dmKernel) flushBuffers(path string) error           { return dmtable.FlushBuffers(path) }
 
 func (dmKernel) status(name string) (snapStatus, error) {
 	sts, err := dmtable.Status(name)

@@ -47,6 +47,11 @@ type kernel interface {
 	zeroHeader(name string, n int) error
 	// readHeader reads the store header through /dev/mapper/name.
 	readHeader(name string) (magic, valid uint32, err error)
+	// flushBuffers drops the page cache of the block device at path
+	// (BLKFLSBUF). Device-mapper writes the origin below that cache, so
+	// whatever was read through the origin's own node before a merge would
+	// otherwise be served, stale, to buffered readers after it.
+	flushBuffers(path string) error
 }
 
 // storeFS is the file system side of the store: the real one allocates

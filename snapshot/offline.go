@@ -84,6 +84,14 @@ func (v *volume) mergeOffline(ctx context.Context, opts merge.OfflineOptions) (*
 	if err != nil {
 		return nil, fmt.Errorf("merge --offline %q: %w", name, err)
 	}
+	// The copy wrote the origin with O_DIRECT, which drops the pages it
+	// overwrote from the origin's page cache; drop the whole cache anyway,
+	// as after a kernel merge, so that no buffered reader of the origin
+	// sees the old content. A failure leaves the step at merge:offline,
+	// and a rerun finds the merge done and drops it again.
+	if err := v.m.k.flushBuffers(v.rec.Origin.Path); err != nil {
+		return nil, fmt.Errorf("merge --offline %q: %w", name, err)
+	}
 	if err := v.step(PhaseMerging, "merge:offline-release"); err != nil {
 		return nil, err
 	}

@@ -79,6 +79,9 @@ func (m *Manager) Prepare(o PrepareOptions) (*Plan, error) {
 	if o.Backend != "fiemap" && o.Backend != "loop" {
 		return nil, fmt.Errorf("prepare %q: unknown backend %q (want fiemap or loop)", o.Name, o.Backend)
 	}
+	if o.AutoBytes != nil {
+		o.AutoBytes = m.sizeOnce(o.AutoBytes, !o.DryRun)
+	}
 	attachedHere := false
 	if _, err := readRecord(m.Dir, o.Name); err != nil {
 		var unknown *ErrUnknownVolume
@@ -106,6 +109,32 @@ func (m *Manager) Prepare(o PrepareOptions) (*Plan, error) {
 		}
 	}
 	return plan, err
+}
+
+// sizeOnce makes the size function f run once however often the prepare
+// plans: an unattached volume is planned before it is attached and again
+// after, and f may read both images in full (and print what it found).
+// With dropCache, the origin's page cache is dropped right after f: f reads
+// the origin through it, and once the snapshot is live device-mapper writes
+// the origin underneath (every write in checkpoint mode, the merge in
+// update mode), which would leave what f read there stale for buffered
+// readers.
+func (m *Manager) sizeOnce(f func(origin string, chunkSectors uint32) (uint64, error), dropCache bool) func(string, uint32) (uint64, error) {
+	var (
+		done bool
+		n    uint64
+		err  error
+	)
+	return func(origin string, chunkSectors uint32) (uint64, error) {
+		if !done {
+			done = true
+			n, err = f(origin, chunkSectors)
+			if err == nil && dropCache {
+				err = m.k.flushBuffers(origin)
+			}
+		}
+		return n, err
+	}
 }
 
 func (m *Manager) prepareAttached(o PrepareOptions) (*Plan, error) {
@@ -666,6 +695,14 @@ func (v *volume) merge(op string, wait bool) error {
 		return err
 	}
 	if err := v.collapse(); err != nil {
+		return fmt.Errorf("%s %q: %w", op, v.name(), err)
+	}
+	// The kernel merged through device-mapper, below the origin's own page
+	// cache: drop what was read through the origin before (by snapctl's
+	// sizing, by anyone), or buffered reads of it return the old content
+	// until its last opener closes it. A failure leaves the step at
+	// merge:collapse, and rerunning the command drops it again.
+	if err := v.m.k.flushBuffers(v.rec.Origin.Path); err != nil {
 		return fmt.Errorf("%s %q: %w", op, v.name(), err)
 	}
 	return v.finish(op, "merge")

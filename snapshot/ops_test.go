@@ -1,0 +1,114 @@
+package snapshot
+
+import (
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// TestPrepareSizesOnce checks that --size auto sizes the store once per
+// prepare (an unattached volume is planned twice: before and after it is
+// attached) and drops the origin's page cache after the size function read
+// it, except in a dry run.
+func TestPrepareSizesOnce(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		attached  bool
+		dryRun    bool
+		wantFlush int
+	}{
+		{name: "not attached", wantFlush: 1},
+		{name: "attached", attached: true, wantFlush: 1},
+		{name: "dry run", dryRun: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m, k, dir := newModelManager(t)
+			if tc.attached {
+				if err := m.Attach("system", modelOrigin.Path); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var sized []string
+			o := PrepareOptions{Name: "system", Origin: modelOrigin.Path, StorePath: filepath.Join(dir, "ota.cow"), Mode: Update, DryRun: tc.dryRun,
+				AutoBytes: func(origin string, chunkSectors uint32) (uint64, error) {
+					sized = append(sized, origin)
+					k.calls = append(k.calls, "size "+origin)
+					return 417792, nil
+				}}
+			plan, err := m.Prepare(o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(sized) != 1 || sized[0] != modelOrigin.Path {
+				t.Errorf("got the size function called for %q, want once, for %s", sized, modelOrigin.Path)
+			}
+			if plan.StoreBytes != 417792 {
+				t.Errorf("got a store of %d bytes, want 417792", plan.StoreBytes)
+			}
+			flush := "flush " + modelOrigin.Path
+			var flushes []int
+			for i, c := range k.calls {
+				if c == flush {
+					flushes = append(flushes, i)
+				}
+			}
+			if len(flushes) != tc.wantFlush {
+				t.Fatalf("got %d drops of the origin's page cache, want %d; calls: %s", len(flushes), tc.wantFlush, k.callsSince(0))
+			}
+			if tc.wantFlush > 0 {
+				if s := slices.Index(k.calls, "size "+modelOrigin.Path); flushes[0] < s {
+					t.Errorf("the origin's page cache was dropped before the size function read it; calls: %s", k.callsSince(0))
+				}
+			}
+		})
+	}
+}
+
+// TestMergeDropsOriginCache checks that every operation that merges the
+// store into the origin drops the origin's page cache once the merge is
+// complete: the kernel writes the origin below it.
+func TestMergeDropsOriginCache(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		mode Mode
+		op   func(m *Manager) error
+	}{
+		{"update commit", Update, func(m *Manager) error { return m.Commit("vol") }},
+		{"checkpoint rollback", Checkpoint, func(m *Manager) error { return m.Rollback("vol", RollbackOptions{Wait: true}) }},
+		{"checkpoint merge", Checkpoint, func(m *Manager) error { return m.Merge("vol", true) }},
+		{"update merge, not waited for", Update, func(m *Manager) error { return m.Merge("vol", false) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m, k, dir := newModelManager(t)
+			_, err := m.Prepare(PrepareOptions{Name: "vol", Origin: modelOrigin.Path, StorePath: filepath.Join(dir, "store"), Mode: tc.mode, Bytes: 417792})
+			if err != nil {
+				t.Fatal(err)
+			}
+			from := len(k.calls)
+			if err := tc.op(m); err != nil {
+				t.Fatal(err)
+			}
+			calls := k.calls[from:]
+			st, err := m.Status("vol")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Phase != PhaseAttached {
+				t.Fatalf("got phase %s, want attached; calls: %s", st.Phase, k.callsSince(from))
+			}
+			merged := slices.Index(calls, "load vol snapshot-merge")
+			collapsed := slices.Index(calls, "load vol linear")
+			flush := slices.Index(calls, "flush "+modelOrigin.Path)
+			if merged < 0 || collapsed < merged {
+				t.Fatalf("got no merge then collapse; calls: %s", k.callsSince(from))
+			}
+			if flush < collapsed {
+				t.Errorf("got no drop of the origin's page cache after the merge, want one; calls: %s", strings.Join(calls, "; "))
+			}
+			if n := strings.Count(strings.Join(calls, "\n"), "flush "); n != 1 {
+				t.Errorf("got %d drops of a page cache, want 1; calls: %s", n, strings.Join(calls, "; "))
+			}
+		})
+	}
+}
