@@ -371,9 +371,9 @@ func compareSession(b sessionBlock, got []stepResult, norm []func([]string) []st
 	return block, diffs
 }
 
-// readmeProgressLine is snapctl's progress on a non-terminal (one line per
-// 10 %; cmd/snapctl/progress.go).
-var readmeProgressLine = regexp.MustCompile(`^(.+): (\d+)% \((\d+) of (\d+) MiB, [0-9.]+ MB/s\)$`)
+// readmeProgressLine is snapctl's progress on a non-terminal (a line at 0 %
+// and per 10 % step, sizes in MiB, KiB or bytes; cmd/snapctl/progress.go).
+var readmeProgressLine = regexp.MustCompile(`^(.+): (\d+)% \((\d+) of (\d+) (MiB|KiB|bytes), [0-9.]+ MB/s\)$`)
 
 // readmeNormProgress drops progress lines: which 10 % steps get a line
 // depends on when the kernel's merge is polled, a small merge can be over
@@ -441,7 +441,7 @@ func TestReadmeParse(t *testing.T) {
 // TestReadmeCompare checks the comparison and the rewritten block.
 func TestReadmeCompare(t *testing.T) {
 	b := sessionBlock{steps: []sessionStep{
-		{lines: []string{"$ a  # note"}, cmd: "a", output: []string{"x", "merging v: 50% (1 of 2 MiB, 9.0 MB/s)", "done"}},
+		{lines: []string{"$ a  # note"}, cmd: "a", output: []string{"x", "merging v: 50% (1 of 2 MiB, 9.0 MB/s)", "merging v: 100% (400 of 400 KiB, 4.0 MB/s)", "done"}},
 		{lines: []string{"$ b"}, cmd: "b", output: []string{"old"}},
 	}}
 	got := []stepResult{
@@ -449,7 +449,7 @@ func TestReadmeCompare(t *testing.T) {
 		{output: []string{"new"}},
 	}
 	block, diffs := compareSession(b, got, nil)
-	wantBlock := []string{"$ a  # note", "x", "merging v: 50% (1 of 2 MiB, 9.0 MB/s)", "done", "$ b", "new"}
+	wantBlock := []string{"$ a  # note", "x", "merging v: 50% (1 of 2 MiB, 9.0 MB/s)", "merging v: 100% (400 of 400 KiB, 4.0 MB/s)", "done", "$ b", "new"}
 	if diff := cmp.Diff(wantBlock, block); diff != "" {
 		t.Errorf("block (-want +got):\n%s", diff)
 	}
