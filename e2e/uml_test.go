@@ -208,6 +208,13 @@ func (m *Machine) Run(t testing.TB, opts RunOptions) Result {
 	script.WriteString("export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root\n")
 	script.WriteString(guestInit)
 	env := append([]string{envGuest + "=1", envBin + "=" + snapctlBin}, opts.Env...)
+	// The host's test switches (SNAPCTL_E2E_*, e.g. an on-demand case) hold
+	// in the guest too.
+	for _, e := range os.Environ() {
+		if k, _, _ := strings.Cut(e, "="); strings.HasPrefix(k, "SNAPCTL_E2E_") && k != envGuest && k != envPhase {
+			env = append([]string{e}, env...)
+		}
+	}
 	for _, e := range env {
 		k, v, _ := strings.Cut(e, "=")
 		fmt.Fprintf(&script, "export %s=%s\n", k, shellQuote(v))

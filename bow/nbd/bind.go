@@ -48,6 +48,12 @@ type BindOptions struct {
 	Timeout time.Duration
 	// Ready is how long Bind waits for the device to come up; default 10 s.
 	Ready time.Duration
+	// Runner is the command line of a helper process that runs
+	// NBD_DO_IT for the device, handed to it as file descriptor 3: a
+	// program whose body is RunDevice. Empty runs NBD_DO_IT on a thread of
+	// this process instead, which is only safe when nothing can SIGKILL
+	// it (see RunDevice).
+	Runner []string
 }
 
 // Binding is a kernel NBD device served by a Server over a socket pair.
@@ -142,6 +148,16 @@ func Bind(path string, s *Server, opts BindOptions) (*Binding, error) {
 	if err := setSock(fd, ksock); err != nil {
 		return fail("NBD_SET_SOCK", err)
 	}
+	ran := make(chan error, 1)
+	if len(opts.Runner) > 0 {
+		r, err := startRunner(opts.Runner, fd, path)
+		if err != nil {
+			return fail("start the NBD_DO_IT helper", err)
+		}
+		go func() { ran <- r.wait() }()
+	} else {
+		go func() { ran <- doIt(fd) }()
+	}
 	closeFD(ksock) // the kernel holds its own reference now
 
 	b := &Binding{path: path, fd: fd, conn: conn, done: make(chan struct{})}
@@ -151,8 +167,6 @@ func Bind(path string, s *Server, opts BindOptions) (*Binding, error) {
 		conn.Close() // the kernel waits for the close after NBD_CMD_DISC
 		served <- err
 	}()
-	ran := make(chan error, 1)
-	go func() { ran <- doIt(fd) }()
 	go b.wait(ran, served)
 
 	deadline := time.Now().Add(opts.Ready)

@@ -18,14 +18,18 @@
 //
 // The kernel's own client needs no handshake when it is set up with ioctls:
 // Bind opens /dev/nbdN, sets the block size, the size and the flags
-// (NBD_SET_BLKSIZE, NBD_SET_SIZE_BLOCKS, NBD_SET_FLAGS), gives the kernel one
-// end of a unix socket pair (NBD_SET_SOCK) and runs NBD_DO_IT, which blocks
-// for the life of the device, on a locked thread with signals blocked (a
-// signal would make the kernel drop the connection). Disconnect flushes,
-// sends NBD_DISCONNECT and waits for the kernel's NBD_CMD_DISC; the server
-// must close its end then, or the kernel waits minutes before it gives up.
-// A server that is killed leaves the device returning I/O errors until it
-// is cleared.
+// (NBD_SET_BLKSIZE, NBD_SET_SIZE_BLOCKS, NBD_SET_FLAGS) and gives the kernel
+// one end of a unix socket pair (NBD_SET_SOCK). NBD_DO_IT, which blocks for
+// the life of the device, runs in a helper process (BindOptions.Runner,
+// whose body is RunDevice), not in the server: the kernel's teardown after
+// a fatal signal waits for sends to the server's end of the socket, and if
+// that end belonged to the process being torn down, a SIGKILL under write
+// load would leave it unkillable. The helper ignores the signals that stop
+// a server and clears the device when the connection ends, so that
+// requests a killed server never answered fail with I/O errors instead of
+// hanging the filesystem. Disconnect flushes, sends NBD_DISCONNECT and
+// waits for the kernel's NBD_CMD_DISC; the server must close its end then,
+// or the kernel waits minutes before it gives up.
 //
 // Linux turns every error value in a reply into an I/O error for the
 // filesystem; ENOSPC from the backend reaches the filesystem as EIO.

@@ -106,6 +106,22 @@ func openDevice(path string) (int, error) {
 
 func closeFD(fd int) error { return unix.Close(fd) }
 
+// dupFD duplicates fd, close-on-exec (exec.Cmd's ExtraFiles hands the child
+// its own copy).
+func dupFD(fd int) (int, error) { return unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0) }
+
+// checkDevice checks that fd is an NBD device.
+func checkDevice(fd int) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFBLK || unix.Major(uint64(st.Rdev)) != nbdMajor {
+		return errors.New("not an NBD device")
+	}
+	return nil
+}
+
 // syncFD writes back the device's dirty pages and flushes it (fsync on the
 // block device node).
 func syncFD(fd int) error { return unix.Fsync(fd) }

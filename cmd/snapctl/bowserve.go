@@ -273,7 +273,7 @@ func (a *app) bowServe(cmd *cobra.Command, dev string, f serveFlags) error {
 	var stopped <-chan struct{}
 	var stop func() error
 	if f.nbdPath != "" {
-		b, err := nbd.Bind(f.nbdPath, srv, nbd.BindOptions{BlockSize: e.BlockSize(), Timeout: f.timeout})
+		b, err := nbd.Bind(f.nbdPath, srv, nbd.BindOptions{BlockSize: e.BlockSize(), Timeout: f.timeout, Runner: nbdRunArgv})
 		if err != nil {
 			return errors.Join(err, closeEngine())
 		}
