@@ -24,7 +24,8 @@ import (
 // and random at queue depth 8, on the raw ubd disk, through the bow NBD
 // device in checkpoint state into space that was free at the checkpoint,
 // over data that existed at the checkpoint (each block backed up first),
-// and through the same server after commit (pass-through). Goals from
+// and through the same server after commit (pass-through; a second
+// instance on its own disk, so that the runs interleave). Goals from
 // issue 7: free-space writes at least 90 % of pass-through, overwrites at
 // least 50 %.
 //
@@ -40,8 +41,10 @@ import (
 //	                   [192M, 512M) free space for backups
 //	/dev/ubdb 256 MiB  space: ext4 with files, served by bow
 //	/dev/ubdc 256 MiB  space: a copy of ubdb, attached for dm-snapshot
+//	/dev/ubdd 128 MiB  throughput: the pass-through (committed) server
+//	/dev/ubde 128 MiB  throughput: the raw disk
 func TestBowBench(t *testing.T) {
-	if !InGuest(t, Config{Disks: []Disk{{Size: 512 << 20}, {Size: 256 << 20}, {Size: 256 << 20}}, Timeout: 15 * time.Minute}) {
+	if !InGuest(t, Config{Disks: []Disk{{Size: 512 << 20}, {Size: 256 << 20}, {Size: 256 << 20}, {Size: 128 << 20}, {Size: 128 << 20}}, Timeout: 15 * time.Minute}) {
 		return
 	}
 	t.Run("throughput", benchBowThroughput)
@@ -176,32 +179,37 @@ func median3(r [3]rates) rates {
 
 func benchBowThroughput(t *testing.T) {
 	disk, nbd := ubd(0), "/dev/nbd0"
+	passDisk, passNBD, rawDisk := ubd(3), "/dev/nbd2", ubd(4)
 	const (
 		dataBlk = 0                // [0, 96M): data at the checkpoint, three slices
 		freeBlk = 96 * mib / 4096  // [96M, 192M): free targets, three slices
 		endBlk  = 512 * mib / 4096 // [192M, 512M): backup space
 	)
-	var raw, pass, free, over [3]rates
-	// Raw disk first, on blocks the next phases overwrite anyway.
-	for r := range 3 {
-		raw[r] = row(t, disk, uint64(10+3*r), dataBlk+uint64(r)*benchSlice)
-	}
-	checkRow(t, disk, 16, dataBlk+2*benchSlice)
-
-	// A fresh engine holds everything but what is discarded; discard the
-	// free targets and the backup space, checkpoint, and alternate writes
-	// into free space with overwrites of data the checkpoint holds.
+	// The checkpointed server: a fresh engine holds everything but what is
+	// discarded; discard the free targets and the backup space.
 	srv := serveBow(t, disk, nbd, t.TempDir(), "--low-space", "0")
 	discardRange(srv, nbd, freeBlk*4096, (endBlk-freeBlk)*4096)
 	st := srv.must("checkpoint")
 	if st.FreeBytes < 400*mib {
 		t.Fatalf("free space at checkpoint %d, want the 416 MiB discarded", st.FreeBytes)
 	}
+	// The pass-through server: the same server, checkpointed and committed
+	// at once, on a disk of its own, so that its runs interleave with the
+	// others' and the host's load drifts alike over all of them.
+	ps := serveBow(t, passDisk, passNBD, t.TempDir(), "--low-space", "0")
+	discardRange(ps, passNBD, 0, 1*mib)
+	ps.must("checkpoint")
+	ps.must("commit")
+
+	var raw, pass, free, over [3]rates
 	for r := range 3 {
+		slice := uint64(r) * benchSlice
+		raw[r] = row(t, rawDisk, uint64(10+3*r), slice)
+		pass[r] = row(t, passNBD, uint64(40+3*r), slice)
 		before := srv.must("status")
-		free[r] = row(t, nbd, uint64(20+3*r), freeBlk+uint64(r)*benchSlice)
+		free[r] = row(t, nbd, uint64(20+3*r), freeBlk+slice)
 		mid := srv.must("status")
-		over[r] = row(t, nbd, uint64(30+3*r), dataBlk+uint64(r)*benchSlice)
+		over[r] = row(t, nbd, uint64(30+3*r), dataBlk+slice)
 		after := srv.must("status")
 		if mid.Backups != before.Backups {
 			t.Errorf("writes into free space made %d backups, want none", mid.Backups-before.Backups)
@@ -211,22 +219,24 @@ func benchBowThroughput(t *testing.T) {
 		}
 	}
 	for r := range 3 {
-		checkRow(t, nbd, uint64(20+3*r), freeBlk+uint64(r)*benchSlice)
-		checkRow(t, nbd, uint64(30+3*r), dataBlk+uint64(r)*benchSlice)
+		slice := uint64(r) * benchSlice
+		checkRow(t, nbd, uint64(20+3*r), freeBlk+slice)
+		checkRow(t, nbd, uint64(30+3*r), dataBlk+slice)
+		checkRow(t, passNBD, uint64(40+3*r), slice)
+		checkRow(t, rawDisk, uint64(10+3*r), slice)
 	}
-	// The same server after commit: pass-through.
 	srv.must("commit")
-	for r := range 3 {
-		pass[r] = row(t, nbd, uint64(40+3*r), dataBlk+uint64(r)*benchSlice)
-	}
 	srv.stop()
+	ps.stop()
 	os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0)
 	for r := range 3 {
-		checkRow(t, disk, uint64(20+3*r), freeBlk+uint64(r)*benchSlice)
-		checkRow(t, disk, uint64(40+3*r), dataBlk+uint64(r)*benchSlice)
+		slice := uint64(r) * benchSlice
+		checkRow(t, disk, uint64(20+3*r), freeBlk+slice)
+		checkRow(t, disk, uint64(30+3*r), dataBlk+slice)
+		checkRow(t, passDisk, uint64(40+3*r), slice)
 	}
 
-	t.Logf("4 KiB O_DIRECT writes, MB/s, median of 3 (sequential %d MiB, random %d MiB at QD1 and QD8):", benchSeq*4096/mib, benchRand*4096/mib)
+	t.Logf("4 KiB O_DIRECT writes, MB/s, median of 3 interleaved rounds (sequential %d MiB, random %d MiB at QD1 and QD8):", benchSeq*4096/mib, benchRand*4096/mib)
 	t.Logf("  %-34s %8s %8s %8s", "", "seq", "rand1", "rand8")
 	rawM, passM, freeM, overM := median3(raw), median3(pass), median3(free), median3(over)
 	for _, r := range []struct {
