@@ -42,6 +42,7 @@ import (
 //	            /dev/ubdb 128 MiB, blank (the data partition);
 //	            /dev/ubdc 64 MiB, system v2: v1 with readmeV2Blocks
 //	            4 KiB blocks (runs of 5) changed in 64 bytes each.
+//	bow:        /dev/ubda 256 MiB, blank (served as /dev/nbd0).
 func TestReadme(t *testing.T) {
 	if guest() {
 		t.Fatal("TestReadme runs shell scripts, not a Go test body, in the guest")
@@ -147,6 +148,10 @@ var readmeSessions = map[string]readmeSession{
 			must(t, os.WriteFile(m.DiskPath(2), v2, 0o644))
 		},
 		teardown: "umount /mnt\nsnapctl detach userdata",
+	},
+	"bow": {
+		disks:    []Disk{{Size: 256 << 20}},
+		teardown: "umount /mnt",
 	},
 }
 
