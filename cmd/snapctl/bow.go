@@ -102,13 +102,13 @@ func (a *app) bowRestore(path string, dryRun, rollForward bool) error {
 	case sum.RolledForward:
 		a.printf("%s: the checkpoint log is damaged (%s)\nrolled forward: %s keeps its current contents; the checkpoint is dropped\n", path, sum.Problem, path)
 	case sum.DryRun:
-		a.printf("%s: the checkpoint log is valid: %d entries in %d log blocks, %s to copy back; nothing was written\n", path, sum.Entries, sum.LogBlocks, humanBytes(sum.Bytes))
+		a.printf("%s: the checkpoint log is valid: %s in %s, %s to copy back; nothing was written\n", path, plural(int64(sum.Entries), "entry"), plural(int64(sum.LogBlocks), "log block"), humanBytes(sum.Bytes))
 	default:
 		resumed := ""
 		if sum.Resumed {
 			resumed = " (finished an interrupted restore)"
 		}
-		a.printf("restored %s to its checkpoint%s: %d entries, %s copied back from %d log blocks\n", path, resumed, sum.Entries, humanBytes(sum.Bytes), sum.LogBlocks)
+		a.printf("restored %s to its checkpoint%s: %s, %s copied back from %s\n", path, resumed, plural(int64(sum.Entries), "entry"), humanBytes(sum.Bytes), plural(int64(sum.LogBlocks), "log block"))
 	}
 	return nil
 }

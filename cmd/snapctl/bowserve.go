@@ -680,7 +680,7 @@ Example:
 				a.printf(" (LOW: below %s)", humanBytes(s.LowSpaceThreshold))
 			}
 			a.printf("\n")
-			a.printf("backed up:   %s in %d backups; log: %d entries in %d blocks\n", humanBytes(s.BackedUpBytes), s.Backups, s.LogEntries, s.LogBlocks)
+			a.printf("backed up:   %s in %s; log: %s in %s\n", humanBytes(s.BackedUpBytes), plural(int64(s.Backups), "backup"), plural(int64(s.LogEntries), "entry"), plural(int64(s.LogBlocks), "block"))
 			a.printf("engine:      %d writes, %d reads, %d discards, %d flushes, %d in flight\n", s.Writes, s.Reads, s.Discards, s.Flushes, s.InFlight)
 			a.printf("nbd:         %d reads (%s), %d writes (%s), %d trims (%s), %d flushes, %d errors\n",
 				s.Server.Reads, humanBytes(int64(s.Server.BytesRead)), s.Server.Writes, humanBytes(int64(s.Server.BytesWritten)),
