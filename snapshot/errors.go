@@ -67,7 +67,7 @@ func (e *ErrStoreUnusable) Error() string {
 	case "merge failed":
 		return fmt.Sprintf("volume %q: the kernel reports Merge failed (an I/O error during the merge); the merge stopped part way and the store is kept", e.Volume)
 	}
-	return fmt.Sprintf("volume %q: the store is invalid (%s): the kernel dropped the snapshot, most likely because the store ran full; its earlier image is lost and merging it would do nothing", e.Volume, e.State)
+	return fmt.Sprintf("volume %q: the store is invalid (%s): the kernel dropped the snapshot because the store ran full or an I/O error hit the store or the origin (the kernel log says which: \"Unable to allocate exception\" or \"Error reading/writing\"); its earlier image is lost and merging it would do nothing", e.Volume, e.State)
 }
 
 // ErrDeviceChanged is an origin whose path now names another device than
