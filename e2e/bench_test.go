@@ -155,11 +155,15 @@ func TestBenchPrepareExtents(t *testing.T) {
 		var times []time.Duration
 		ext := 0
 		for i := 0; i < runs; i++ {
-			_, d := benchQuiet(t, v, "prepare", "data", "--store", store, "--size", fmt.Sprint(bytes))
+			out, d := benchQuiet(t, v, "prepare", "data", "--store", store, "--size", fmt.Sprint(bytes))
 			times = append(times, d)
 			phase, usage, n := benchExtents(t, v)
 			if phase != "prepared" || usage != "active" {
 				t.Fatalf("after prepare of %d bytes: phase %s, usage %s", bytes, phase, usage)
+			}
+			// A fragmented store is slow to merge: prepare says so.
+			if warned := strings.Contains(out, "warning: the store of data is in"); warned != (n > 1000) {
+				t.Fatalf("prepare of a %d-extent store: warned %v, want %v\n%s", n, warned, n > 1000, tail(out, 10))
 			}
 			ext = n
 			if keep && i == runs-1 {

@@ -154,6 +154,9 @@ Examples:
 			if err != nil {
 				return err
 			}
+			if w := fragmentationWarning(plan.Name, plan.Extents); w != "" {
+				fmt.Fprintln(a.errOut, w)
+			}
 			if a.json {
 				return a.printDoc(&prepareDoc{Plan: plan})
 			}
@@ -620,4 +623,21 @@ func (a *app) mergeProgress() func(snapshot.MergeProgress) {
 		}
 		p.update(int64(mp.Total-mp.Remaining)*512, int64(mp.Total)*512)
 	}
+}
+
+// fragmentedExtents is the extent count above which prepare warns. A flush
+// of a multi-segment linear device is sent to every segment, and the
+// kernel's merge flushes once per run of consecutive chunks: measured on
+// 6.1, one flush costs 0.1-0.3 ms with 1 segment, 1.4-5.5 ms with 1,000 and
+// 35-108 ms with 50,000 (TestBenchMerge).
+const fragmentedExtents = 1000
+
+// fragmentationWarning is what prepare prints on stderr for a store of n
+// extents, or "" when n is small enough not to matter.
+func fragmentationWarning(name string, n int) string {
+	if n <= fragmentedExtents {
+		return ""
+	}
+	return fmt.Sprintf("warning: the store of %s is in %d extents: every flush of %s-cow goes to each of them, and a kernel merge (rollback, or commit in update mode) flushes once per run of chunks, so it will be slow. "+
+		"A store allocated on a less fragmented filesystem is faster to merge; 'snapctl merge %s --offline' avoids the per-run flushes.", name, n, name, name)
 }

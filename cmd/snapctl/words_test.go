@@ -1,6 +1,9 @@
 package main
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 func TestPlural(t *testing.T) {
 	tests := []struct {
@@ -20,6 +23,18 @@ func TestPlural(t *testing.T) {
 	for _, tt := range tests {
 		if got := plural(tt.n, tt.noun); got != tt.want {
 			t.Errorf("plural(%d, %q) = %q, want %q", tt.n, tt.noun, got, tt.want)
+		}
+	}
+}
+
+func TestFragmentationWarning(t *testing.T) {
+	if w := fragmentationWarning("data", fragmentedExtents); w != "" {
+		t.Errorf("%d extents: got warning %q, want none", fragmentedExtents, w)
+	}
+	w := fragmentationWarning("data", 49981)
+	for _, want := range []string{"49981 extents", "data-cow", "snapctl merge data --offline"} {
+		if !strings.Contains(w, want) {
+			t.Errorf("warning %q does not contain %q", w, want)
 		}
 	}
 }
