@@ -2,7 +2,6 @@ package nbd
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -39,12 +38,9 @@ const DeviceFD = 3
 func RunDevice() error {
 	signal.Ignore(syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGPIPE)
 	f := os.NewFile(DeviceFD, "nbd device")
-	if f == nil {
-		return errors.New("run NBD device: no file descriptor 3 (this command is started by snapctl bow serve)")
-	}
 	defer f.Close()
 	if err := checkDevice(int(f.Fd())); err != nil {
-		return fmt.Errorf("run NBD device: file descriptor %d: %w", DeviceFD, err)
+		return fmt.Errorf("run NBD device: file descriptor %d: %w (this helper is started by 'snapctl bow serve --nbd', not by hand)", DeviceFD, err)
 	}
 	err := doIt(int(f.Fd()))
 	// The connection has ended. Requests the server took but never
