@@ -642,6 +642,7 @@ func (e *Engine) startCheckpoint() error {
 	if err := e.fl.flush(e.dev); err != nil {
 		return fail(err)
 	}
+	crashPoint("checkpoint: block 0 copied to its live block and its backup", -1, -1)
 	e.mu.Lock()
 	clear(e.logBuf)
 	e.logCount, e.logSeq, e.pending = 0, 0, 0
@@ -661,6 +662,7 @@ func (e *Engine) startCheckpoint() error {
 		e.setBroken(err)
 		return err
 	}
+	crashPoint("checkpoint: log written in block 0", -1, -1)
 	e.zero.Store(live)
 	e.state.Store(int32(StateCheckpoint))
 	e.mu.Lock()
@@ -693,6 +695,7 @@ func (e *Engine) finishCheckpoint() error {
 		e.setBroken(err)
 		return err
 	}
+	crashPoint("commit: block 0 home, the log dropped", -1, -1)
 	e.state.Store(int32(StateCommitted))
 	if e.opts.StatePath != "" {
 		if err := removeDurably(e.opts.StatePath); err != nil && !errors.Is(err, os.ErrNotExist) {

@@ -338,6 +338,7 @@ func (c *chain) replay(progress func(done, total int64)) error {
 				if err := c.mark(blk, i+1); err != nil {
 					return err
 				}
+				crashPoint("restore: block 0 marked WOB, count cut to this entry", int(seq), i+1)
 				used.clear()
 			}
 			used.add(dst, dst+n)
@@ -356,6 +357,14 @@ func (c *chain) replay(progress func(done, total int64)) error {
 				if err := c.flush(); err != nil {
 					return err
 				}
+			}
+			switch {
+			case i > 0:
+				crashPoint("restore: entry copied back", int(seq), i)
+			case seq > 0:
+				crashPoint("restore: older log block back in block 0, marked WOB", int(seq)-1, -1)
+			default:
+				crashPoint("restore: block 0 home, restore done", -1, -1)
 			}
 			done += int64(e.Size)
 			if progress != nil {
