@@ -14,6 +14,25 @@
  * saved rest of the same guest thread. The guest kernel is untouched: only
  * the size of a host ptrace buffer changes. It is test infrastructure, not
  * part of snapctl (which is pure Go, CGO_ENABLED=0).
+ *
+ * The shim also keeps UML's idle loop from wedging. UML 6.1 drives the
+ * guest's clock event device with one host POSIX timer (one-shot, SIGALRM).
+ * Its idle loop (os_idle_sleep) sleeps in sigsuspend only while that timer
+ * is armed; if it reads the timer as disarmed it returns at once, and the
+ * guest re-arms the timer from its timer interrupt. Now and then a SIGALRM
+ * reaches UML's host handler but no timer interrupt re-arms the timer
+ * afterwards (traced on this host: the last expiry's signal was taken, no
+ * timer_settime followed). From then on the guest waits for an event its
+ * host timer will never deliver, and the idle loop spins at 100 % CPU
+ * reading a disarmed timer: no guest timer fires again. So when
+ * timer_gettime finds the timer disarmed twice in a row with no
+ * timer_settime in between, the shim arms it for one millisecond. The
+ * SIGALRM that follows runs the guest's timer interrupt, which reprograms
+ * the timer for the guest's real next event. A first disarmed reading is
+ * passed through as it is: that is the ordinary case of an expiry whose
+ * interrupt is already pending inside UML and runs as soon as the loop
+ * returns. A guest with no timer pending at all gets a spurious tick every
+ * millisecond instead of a busy loop.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -25,6 +44,7 @@
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #define NT_X86_XSTATE 0x202
@@ -135,4 +155,47 @@ long ptrace(enum __ptrace_request req, ...)
 	if (next == NULL)
 		next = (ptrace_fn)dlsym(RTLD_NEXT, "ptrace");
 	return next(req, pid, addr, data);
+}
+
+/* The idle backstop (see the top of the file). os_idle_sleep is UML's only
+ * caller of timer_gettime and runs on its main thread only, as do its
+ * timer_settime calls, so a plain counter will do. */
+typedef int (*settime_fn)(timer_t, int, const struct itimerspec *, struct itimerspec *);
+typedef int (*gettime_fn)(timer_t, struct itimerspec *);
+static settime_fn next_settime;
+static gettime_fn next_gettime;
+static int disarmed_reads; /* disarmed readings since UML last armed the timer */
+
+static void timer_syms(void)
+{
+	if (next_settime == NULL)
+		next_settime = (settime_fn)dlsym(RTLD_NEXT, "timer_settime");
+	if (next_gettime == NULL)
+		next_gettime = (gettime_fn)dlsym(RTLD_NEXT, "timer_gettime");
+}
+
+int timer_settime(timer_t id, int flags, const struct itimerspec *val, struct itimerspec *old)
+{
+	timer_syms();
+	disarmed_reads = 0;
+	return next_settime(id, flags, val, old);
+}
+
+int timer_gettime(timer_t id, struct itimerspec *cur)
+{
+	static const struct itimerspec backstop = { .it_value = { 0, 1000000 } };
+	int r;
+
+	timer_syms();
+	r = next_gettime(id, cur);
+	if (r != 0 || cur->it_value.tv_sec != 0 || cur->it_value.tv_nsec != 0) {
+		disarmed_reads = 0;
+		return r;
+	}
+	if (++disarmed_reads < 2)
+		return r;
+	disarmed_reads = 0;
+	if (next_settime(id, 0, &backstop, NULL) != 0)
+		return r;
+	return next_gettime(id, cur);
 }
