@@ -43,11 +43,11 @@ fuzz:
 e2e: build
 	$(GO) test -tags e2e $(E2E_FLAGS) -v ./e2e/ 2>&1 | ./scripts/e2e-summary.sh
 
-# Go benchmarks, then the real-kernel merge benchmark (not in CI: see
-# e2e/mergebench_test.go).
+# Go benchmarks, then the real-kernel benchmarks (they also run, once each,
+# in the e2e suite).
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./...
-	SNAPCTL_E2E_MERGEBENCH=1 $(GO) test -tags e2e -count=1 -run '^TestMergeBench$$' -v ./e2e/
+	$(GO) test -tags e2e -count=1 -run '^(TestMergeBench|TestBowBench|TestBenchMerge|TestBenchPrepareExtents)$$' -v ./e2e/
 
 clean:
 	rm -rf bin
