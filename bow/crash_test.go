@@ -343,3 +343,60 @@ func TestRestoreCrash(t *testing.T) {
 		})
 	}
 }
+
+// TestRestoreMarksBegunFirst: once a restore has written anything, block 0
+// says a restore is under way (WOB) until the restore is done. A device
+// whose log still said BOW over replayed blocks would be resumed by a
+// server, or kept by a roll forward, with a mix of both images.
+func TestRestoreMarksBegunFirst(t *testing.T) {
+	for _, bs := range []int64{512, 4096} {
+		t.Run(fmt.Sprint(bs), func(t *testing.T) {
+			r := runCrashWorkload(t, bs, 128, 1, 600, 11, 0)
+			img := durableImage(r.base, r.events[:r.commitStart])
+			if h, err := ParseHeader(img[:bs]); err != nil || h.Magic != Magic {
+				t.Fatalf("before the restore: block 0 header %+v, %v; want a checkpoint log", h, err)
+			}
+			dev := newCrashDev(img)
+			if _, err := Restore(dev, RestoreOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			final := dev.cur
+			cur := append([]byte(nil), img...)
+			writes := 0
+			for i, ev := range dev.events {
+				if ev.flush {
+					continue
+				}
+				copy(cur[ev.off:], ev.data)
+				writes++
+				if i == len(dev.events)-1 || string(cur) == string(final) {
+					continue
+				}
+				h, err := ParseHeader(cur[:bs])
+				if err != nil || h.Magic != PartialMagic {
+					t.Fatalf("killed after restore write %d (offset %d): block 0 magic %#x (%v), want the restore's mark %#x", writes, ev.off, h.Magic, err, PartialMagic)
+				}
+			}
+			if writes < 10 {
+				t.Fatalf("the restore wrote %d times, want a real replay", writes)
+			}
+		})
+	}
+}
+
+// TestRollForwardRefusesHalfRestore: a device whose restore has begun can
+// only be restored; rolling it forward would keep a mix of both images.
+func TestRollForwardRefusesHalfRestore(t *testing.T) {
+	img := make([]byte, 8*512)
+	lb := LogBlock{Header: Header{Magic: PartialMagic, Version: Version, BlockSize: 512, Sector0: 1},
+		Entries: []Entry{{Source: 0, Dest: 2, Size: 512}}}
+	b, err := lb.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	copy(img, b)
+	err = RollForward(NewMemFrom(img))
+	if !errors.As(err, new(ErrRestoreInProgress)) {
+		t.Fatalf("roll forward of a half-restored device: got %v, want ErrRestoreInProgress", err)
+	}
+}

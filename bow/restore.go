@@ -127,7 +127,7 @@ func RollForward(dev Device) error {
 func rollForward(dev Device, top Header) error {
 	name := deviceName(dev)
 	if top.Magic != Magic {
-		return fmt.Errorf("roll forward %s: a restore is half done; finish it", name)
+		return ErrRestoreInProgress{Device: name}
 	}
 	bs := int64(top.BlockSize)
 	spb := uint64(bs / SectorSize)
@@ -319,6 +319,25 @@ func (c *chain) replay(progress func(done, total int64)) error {
 	blk := make([]byte, c.bs)
 	buf := make([]byte, copyChunk)
 	var done int64
+	// A log that still says BOW must never sit over replayed blocks: a
+	// server would resume that checkpoint, and a roll forward would keep
+	// it, each over a mix of both images. So the restore marks itself
+	// begun (WOB, every entry of the newest log block still to do) before
+	// its first copy; from then on only a restore is accepted.
+	if c.top.Magic == Magic {
+		seq := int64(c.top.Sequence)
+		if err := c.readBlocks(blk, 0); err != nil {
+			return err
+		}
+		lb, err := c.checkLog(blk, seq, true)
+		if err != nil {
+			return fmt.Errorf("restore %s after validation: %w", c.name, err)
+		}
+		if err := c.mark(blk, len(lb.Entries)); err != nil {
+			return err
+		}
+		crashPoint("restore: block 0 marked WOB before the first copy", int(seq), len(lb.Entries))
+	}
 	for seq := int64(c.top.Sequence); seq >= 0; seq-- {
 		if err := c.readBlocks(blk, 0); err != nil {
 			return err
