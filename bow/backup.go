@@ -8,8 +8,8 @@ import (
 const (
 	// dataWriters bounds the goroutines writing one batch's data.
 	dataWriters = 8
-	// maxQueued bounds the writes waiting for a group commit, which keeps
-	// the range-lock table (scanned per request) short.
+	// maxQueued bounds the writes waiting for a group commit, and with
+	// them the range locks they hold.
 	maxQueued = 512
 )
 
@@ -120,9 +120,12 @@ func (e *Engine) plan(r *lockReq, lo, hi uint64) (plan, error) {
 	}
 	e.pending += len(pl.copies)
 	for _, c := range pl.copies {
-		r.extra = append(r.extra, span{c.dst, c.dst + c.n})
+		e.extend(r, span{c.dst, c.dst + c.n})
 		e.st.backups++
 		e.st.backedUp += int64(c.n) * e.bs
+	}
+	if pl.setZero {
+		e.zeroMoved(oldZero, pl.zero)
 	}
 	return pl, nil
 }

@@ -68,9 +68,9 @@ type Engine struct {
 	// mu guards the range map, the lock table, the log and the counters.
 	// It is never held across device I/O.
 	mu       sync.Mutex
-	cond     *sync.Cond // signalled when a range lock is released
 	rm       *rangeMap
-	locks    []*lockReq
+	locks    []*lockReq // range locks in flight, granted or waiting
+	lt       lockTable  // their spans indexed, and the waiters to wake
 	ticket   uint64
 	zero     atomic.Uint64 // block holding the live block 0 (checkpoint)
 	logBuf   []byte        // the log block as last handed to the device
@@ -189,7 +189,6 @@ func Open(dev Device, opts Options) (*Engine, error) {
 		piece:  uint64(maxEntryBytes / bs),
 		logBuf: make([]byte, bs),
 	}
-	e.cond = sync.NewCond(&e.mu)
 	e.ccond = sync.NewCond(&e.cmu)
 	if e.opts.WriteBack == 0 {
 		e.opts.WriteBack = defaultWriteBack
