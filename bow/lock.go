@@ -36,7 +36,7 @@ type lockReq struct {
 
 	slot   int // index in Engine.locks; -1 once released
 	mainN  inode
-	zeroN  inode
+	zeroN  *inode // allocated when first needed
 	extraN []*inode
 
 	cond    sync.Cond // signalled when nothing blocks the request any more
@@ -140,10 +140,13 @@ func (e *Engine) setZero(r *lockReq, z bool) {
 	}
 	r.zero = z
 	if z {
-		e.lt.idx.insert(&r.zeroN, span{0, 1}, r)
+		if r.zeroN == nil {
+			r.zeroN = new(inode)
+		}
+		e.lt.idx.insert(r.zeroN, span{0, 1}, r)
 		return
 	}
-	e.lt.idx.remove(&r.zeroN)
+	e.lt.idx.remove(r.zeroN)
 	e.lt.work = append(e.lt.work, r.hung...)
 	r.hung = nil
 }
@@ -264,7 +267,7 @@ func (e *Engine) releaseLocked(r *lockReq) {
 	}
 	e.lt.idx.remove(&r.mainN)
 	if r.zero {
-		e.lt.idx.remove(&r.zeroN)
+		e.lt.idx.remove(r.zeroN)
 	}
 	for _, n := range r.extraN {
 		e.lt.idx.remove(n)

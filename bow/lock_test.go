@@ -75,7 +75,7 @@ func checkLocks(t tbLite, e *Engine) {
 		}
 		has(r, &r.mainN, r.main, "main")
 		if r.zero {
-			has(r, &r.zeroN, span{0, 1}, "block 0")
+			has(r, r.zeroN, span{0, 1}, "block 0")
 		}
 		if len(r.extraN) != len(r.extra) {
 			t.Fatalf("request %d: %d extra spans, %d nodes", r.ticket, len(r.extra), len(r.extraN))
@@ -149,10 +149,7 @@ func TestLockTableModel(t *testing.T) {
 				r.shared = rapid.Bool().Draw(t, "shared")
 				r.track = !r.shared && rapid.Bool().Draw(t, "track")
 				if r.track {
-					r.zero = e.wantZero(r) // as tryGrant will set it
-					if r.zero {
-						e.lt.idx.insert(&r.zeroN, span{0, 1}, r)
-					}
+					e.setZero(r, e.wantZero(r)) // as tryGrant will
 				}
 				want := bruteGrantable(e.locks, r)
 				if got := e.tryGrant(r); got != want {

@@ -15,8 +15,8 @@ type lockIndex struct {
 	seed uint64
 }
 
-// inode is one span of one request. A request embeds the nodes of its
-// main span and of block 0, so taking a lock allocates no node.
+// inode is one span of one request. A request embeds the node of its
+// main span, so taking a lock allocates no node of its own.
 type inode struct {
 	span
 	id          uint64 // insertion order
