@@ -29,22 +29,32 @@
 // # Offline merge
 //
 // Offline copies every exception's chunk from the store back to its place
-// on the origin. It takes the exceptions in store order, a window of up to
-// 64 MiB at a time: each window is read with large reads of consecutive
-// store chunks (sequential on the store), then written out sorted by origin
-// chunk, runs of consecutive origin chunks going out as one write. A store
-// that fits in one window is read once in order and written once in order.
-// Reads and writes are spread over a few workers, and the origin is flushed
-// once at the end. The last chunk of an origin whose size is not a multiple
-// of the chunk size is copied only up to the origin's end, as the kernel
-// does.
+// on the origin. It takes the exceptions in origin order, a window of up to
+// 64 MiB of chunks at a time: each window's chunks are read from the store
+// in store order, with large reads that also take in the few unneeded
+// chunks between needed ones, then written out in origin order, runs of
+// consecutive origin chunks going out as one write. Runs that only a short
+// stretch of unchanged origin bytes separates (FillGap, 64 KiB) are joined
+// too: the stretch is read from the origin and written back as it was, so
+// that scattered small chunks cost a few large writes rather than one
+// small write each. A store that fits in one window is read once in order
+// and written once in order. Reads and writes are spread over a few
+// workers, each write starting as soon as the reads it needs are done, and
+// the origin is flushed once at the end. The last chunk of an origin whose
+// size is not a multiple of the chunk size is copied only up to the
+// origin's end, as the kernel does.
 //
-// Copying is idempotent: the store is only read, so a merge that is killed
-// or loses power can simply run again. To avoid redoing everything, a small
-// write-ahead progress record names the store (header, entry count and a
-// hash of the table) and how far, in store order, the copy is known to be
-// durable: the origin is flushed before each save, so the record never
-// claims more than the disk holds. Only when every chunk is durable may the caller mark
+// Copying is idempotent: the store is only read, and a filled gap is
+// written with the bytes it already held, so a merge that is killed or
+// loses power, even in the middle of a write, can simply run again. Gap
+// filling needs what an offline merge needs anyway: nothing else writes
+// the origin meanwhile (the volume is torn down, and a block device is
+// opened exclusively); it never writes the store's own extents on the
+// origin. To avoid redoing everything, a small write-ahead progress record
+// names the store (header, entry count and a hash of the table) and how
+// far, in origin order, the copy is known to be durable: the origin is
+// flushed before each save, so the record never claims more than the disk
+// holds. Only when every chunk is durable may the caller mark
 // the store invalid (Invalidate), so the kernel will never merge it again.
 //
 // A store whose valid flag is 0 is refused: the kernel dropped that snapshot

@@ -122,14 +122,23 @@ func (c *crashDev) Sync() error {
 }
 
 // afterPowerCut is what the disk holds after the power came back: the
-// durable image plus a random subset of the writes since the last flush.
+// durable image plus a random subset of the sectors written since the last
+// flush, so a write may be torn anywhere between its sectors.
 func (c *crashDev) afterPowerCut(rng *rand.Rand) []byte {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	b := slices.Clone(c.durable)
 	for _, w := range c.pending {
-		if rng.IntN(2) == 0 {
+		switch rng.IntN(3) {
+		case 0: // lost
+		case 1: // whole
 			copy(b[w.off:], w.b)
+		default: // torn
+			for s := 0; s < len(w.b); s += SectorSize {
+				if rng.IntN(2) == 0 {
+					copy(b[w.off+int64(s):], w.b[s:min(s+SectorSize, len(w.b))])
+				}
+			}
 		}
 	}
 	return b

@@ -57,10 +57,25 @@ type OfflineOptions struct {
 	// at the end).
 	CheckpointBytes int64
 
-	// Window is how many bytes of store chunks are read into memory before
-	// they are written out sorted by origin chunk (default 64 MiB; never
-	// more than CheckpointBytes).
+	// Window is how many bytes of chunks are held in memory at once: the
+	// exceptions are taken in origin order, Window bytes of chunks at a
+	// time, read from the store in store order and written in origin
+	// order (default 64 MiB; never more than CheckpointBytes). A store
+	// larger than the window is read more scattered; a larger window reads
+	// it in fewer, larger pieces.
 	Window int64
+
+	// FillGap is the largest stretch of unchanged origin bytes between two
+	// changed chunks that the merge reads from the origin and writes back
+	// as it was, so that both chunks go out in one write of at most MaxIO
+	// (default 64 KiB; negative: never). Scattered small chunks then cost
+	// a few large writes instead of one small write each. It relies on
+	// what an offline merge needs anyway: nothing else writes the origin
+	// while it runs (OfflinePaths opens a block device exclusively). A
+	// gap never spans a Protect range. Reads of the store likewise read
+	// through up to 2*FillGap of chunks they do not need to join two
+	// reads into one.
+	FillGap int64
 
 	// Protect lists origin byte ranges the merge must never write: the
 	// store's own extents when it lives on the origin device. OfflinePaths
@@ -75,6 +90,7 @@ type OfflineResult struct {
 	Copied      int64 // bytes copied by this run
 	Resumed     int   // exceptions skipped because a progress record showed them durable
 	Writes      int   // origin writes issued by this run
+	Filled      int64 // unchanged origin bytes this run read and wrote back to join writes (FillGap)
 	AlreadyDone bool  // an earlier run finished and invalidated the store; nothing was done
 	Invalidated bool  // this run marked the store invalid
 }
@@ -84,7 +100,13 @@ const (
 	defaultMaxIO           = 1 << 20
 	defaultCheckpointBytes = 256 << 20
 	defaultWindow          = 64 << 20
+	defaultFillGap         = 64 << 10
 )
+
+// readGapFactor scales FillGap for reads of the store: joining two reads
+// through unneeded chunks costs only the reading of them, where joining
+// two writes costs reading and writing the gap.
+const readGapFactor = 2
 
 // Offline merges store into origin: it reads and checks the whole store
 // first (nothing is written if anything is wrong), then copies every
@@ -222,19 +244,27 @@ func nameOf(d any, def string) string {
 }
 
 // copier copies the exceptions window by window. The exceptions are
-// sorted by store chunk and cut into windows of at most Window bytes; each
-// window is read with large reads of consecutive store chunks (sequential
-// on the store), then written sorted by origin chunk, runs of consecutive
-// origin chunks going out as one write of up to MaxIO bytes. A store that
-// fits in one window is thus read in order and written in order.
+// sorted by origin chunk and cut into windows of at most Window bytes, so
+// each window covers one stretch of the origin; the progress record counts
+// exceptions in this order. A window's chunks are read from the store in
+// store order, chunks a few unneeded ones apart in one read, into a buffer
+// that holds them in store order; then written in origin order, in spans
+// of up to MaxIO bytes: a span is a run of consecutive origin chunks, or
+// several such runs joined through the unchanged origin bytes between them
+// (at most FillGap each), which it reads from the origin first. Each span
+// is written as soon as the reads it needs are done. A store that fits in
+// one window is thus read once in order and written once in order.
 type copier struct {
 	origin, store Device
-	ex            []Exception // sorted by New
+	ex            []Exception // sorted by Old
 	cb            int64       // chunk bytes
 	originSize    int64
-	maxChunks     int // per read or write
-	window        int // chunks per window
+	maxChunks     int    // per read or write
+	fillChunks    uint64 // longest gap filled, in chunks
+	readGap       uint64 // longest stretch of unneeded store chunks read to join two reads
+	window        int    // chunks per window
 	total         int64
+	protect       []Extent // sorted, disjoint
 	opts          OfflineOptions
 }
 
@@ -251,6 +281,9 @@ func newCopier(origin, store Device, st *Store, opts OfflineOptions) *copier {
 	if opts.Window <= 0 {
 		opts.Window = defaultWindow
 	}
+	if opts.FillGap == 0 {
+		opts.FillGap = defaultFillGap
+	}
 	c := &copier{
 		origin:     origin,
 		store:      store,
@@ -260,12 +293,16 @@ func newCopier(origin, store Device, st *Store, opts OfflineOptions) *copier {
 		opts:       opts,
 	}
 	c.maxChunks = max(1, opts.MaxIO/int(c.cb))
+	if opts.FillGap > 0 {
+		c.fillChunks = uint64(opts.FillGap / c.cb)
+		c.readGap = uint64(readGapFactor * opts.FillGap / c.cb)
+	}
 	window := opts.Window
 	if opts.CheckpointBytes > 0 {
 		window = min(window, opts.CheckpointBytes) // checkpoints fall between windows
 	}
 	c.window = int(max(1, window/c.cb))
-	slices.SortFunc(c.ex, func(a, b Exception) int { return cmp.Compare(a.New, b.New) })
+	slices.SortFunc(c.ex, func(a, b Exception) int { return cmp.Compare(a.Old, b.Old) })
 	for _, e := range c.ex {
 		c.total += c.writeLen(e)
 	}
@@ -279,6 +316,8 @@ func (c *copier) writeLen(e Exception) int64 {
 	return min(start+c.cb, c.originSize) - start
 }
 
+// checkProtected refuses exceptions that would write a protected range and
+// keeps the ranges, sorted and coalesced, so that no filled gap crosses one.
 func (c *copier) checkProtected(protect []Extent) error {
 	if len(protect) == 0 {
 		return nil
@@ -295,10 +334,9 @@ func (c *copier) checkProtected(protect []Extent) error {
 		}
 		merged = append(merged, x)
 	}
-	byOld := slices.Clone(c.ex)
-	slices.SortFunc(byOld, func(a, b Exception) int { return cmp.Compare(a.Old, b.Old) })
+	c.protect = merged
 	j := 0
-	for _, e := range byOld {
+	for _, e := range c.ex { // by Old
 		start := int64(e.Old) * c.cb
 		end := start + c.writeLen(e)
 		for j < len(merged) && merged[j].Offset+merged[j].Length <= start {
@@ -311,26 +349,40 @@ func (c *copier) checkProtected(protect []Extent) error {
 	return nil
 }
 
+// protected reports whether origin bytes [off, off+n) touch a protected
+// range.
+func (c *copier) protected(off, n int64) bool {
+	i, _ := slices.BinarySearchFunc(c.protect, off, func(x Extent, off int64) int {
+		return cmp.Compare(x.Offset+x.Length, off+1) // first range ending after off
+	})
+	return i < len(c.protect) && c.protect[i].Offset < off+n
+}
+
 // run copies c.ex[start:] window by window and, every CheckpointBytes,
 // flushes the origin and then records the windows done before the flush;
-// so the record only ever claims copies the flush made durable.
+// so the record only ever claims copies the flush made durable. A window's
+// writes all end before the next window starts, and gaps lie between
+// chunks of one window, which holds every exception in its stretch of the
+// origin: so what a fill reads is never a chunk the merge still has to
+// write, nor one another write is changing.
 func (c *copier) run(ctx context.Context, start int, id identity, res *OfflineResult) error {
 	var done int64
 	for _, e := range c.ex[:start] {
 		done += c.writeLen(e)
 	}
 	var mu sync.Mutex // serialises Progress and the counters
-	report := func(n int64, writes int) {
+	report := func(n, filled int64, writes int) {
 		mu.Lock()
 		defer mu.Unlock()
 		done += n
 		res.Copied += n
+		res.Filled += filled
 		res.Writes += writes
 		if c.opts.Progress != nil {
 			c.opts.Progress(done, c.total)
 		}
 	}
-	report(0, 0)
+	report(0, 0, 0)
 
 	buf, err := alignedBuf(min(c.window, len(c.ex)-start) * int(c.cb))
 	if err != nil {
@@ -394,75 +446,198 @@ func (c *copier) run(ctx context.Context, start int, id identity, res *OfflineRe
 	return checkpoint(len(c.ex), true)
 }
 
-// copyWindow copies c.ex[i:j] through buf, where exception k's chunk sits
-// at (k-i) chunks: first all reads, then all writes, each spread over the
-// workers.
-func (c *copier) copyWindow(ctx context.Context, i, j int, buf []byte, scratch chan pageBuf, report func(int64, int)) error {
-	at := func(k int) []byte { return buf[int64(k-i)*c.cb : int64(k-i+1)*c.cb] }
+// span is one origin write: the chunks of exceptions idx (sorted by origin
+// chunk) at origin bytes [off, off+n), and the origin ranges fill, which
+// hold the gaps between them, read before the write. Gaps that only a few
+// changed bytes separate are read together: one read of a few extra bytes
+// costs less than one more read.
+type span struct {
+	idx    []int
+	off, n int64
+	fill   []Extent // origin ranges read first, in order
+	filled int64    // gap bytes: the part of the write that changes nothing
+	data   int64    // changed bytes: the chunks' part
+}
 
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(c.opts.Workers)
-	for k := i; k < j && gctx.Err() == nil; {
-		m := k + 1
-		for m < j && m-k < c.maxChunks && c.ex[m].New == c.ex[m-1].New+1 {
-			m++
-		}
-		k0 := k
-		g.Go(func() error {
-			b := buf[int64(k0-i)*c.cb : int64(m-i)*c.cb]
-			if err := readFull(c.store, b, int64(c.ex[k0].New)*c.cb); err != nil {
-				return fmt.Errorf("read store chunks %d-%d: %w", c.ex[k0].New, c.ex[m-1].New, err)
+// spans cuts idx, exception indexes sorted by origin chunk, into writes: a
+// span goes on to the next chunk while the span stays within maxChunks
+// chunks and the gap before it is at most fillChunks and touches no
+// protected range.
+func (c *copier) spans(idx []int) []span {
+	var out []span
+	for r := 0; r < len(idx); {
+		first := c.ex[idx[r]]
+		sp := span{off: int64(first.Old) * c.cb, data: c.writeLen(first)}
+		s := r + 1
+		for ; s < len(idx); s++ {
+			prev, next := c.ex[idx[s-1]], c.ex[idx[s]]
+			gap := next.Old - prev.Old - 1
+			if next.Old-first.Old >= uint64(c.maxChunks) || gap > c.fillChunks {
+				break
 			}
-			return nil
-		})
-		k = m
+			if gap > 0 {
+				g := Extent{Offset: int64(prev.Old+1) * c.cb, Length: int64(gap) * c.cb}
+				if c.protected(g.Offset, g.Length) {
+					break
+				}
+				sp.filled += g.Length
+				if n := len(sp.fill); n > 0 && g.Offset-(sp.fill[n-1].Offset+sp.fill[n-1].Length) <= int64(c.fillChunks)*c.cb {
+					sp.fill[n-1].Length = g.Offset + g.Length - sp.fill[n-1].Offset
+				} else {
+					sp.fill = append(sp.fill, g)
+				}
+			}
+			sp.data += c.writeLen(next)
+		}
+		last := c.ex[idx[s-1]]
+		sp.idx = idx[r:s]
+		sp.n = int64(last.Old)*c.cb + c.writeLen(last) - sp.off
+		out = append(out, sp)
+		r = s
 	}
-	if err := g.Wait(); err != nil {
-		return err
+	return out
+}
+
+// copyWindow copies c.ex[i:j], a stretch of the exceptions in origin
+// order, through buf, which holds their chunks in store order. It reads
+// the store in store order, joining chunks that little separates into one
+// read, and writes each span as soon as the reads it needs are done,
+// Workers reads and writes at a time. Spans are disjoint, so their writes
+// and fill reads never overlap.
+func (c *copier) copyWindow(ctx context.Context, i, j int, buf []byte, scratch chan pageBuf, report func(data, filled int64, writes int)) error {
+	// Slots: the window's chunks sit in buf in store order.
+	byNew := make([]int, j-i)
+	for k := range byNew {
+		byNew[k] = i + k
 	}
-	if err := ctx.Err(); err != nil {
-		return err
+	slices.SortFunc(byNew, func(a, b int) int { return cmp.Compare(c.ex[a].New, c.ex[b].New) })
+	slot := make([]int32, j-i)
+	for q, k := range byNew {
+		slot[k-i] = int32(q)
 	}
+	at := func(k int) []byte { return buf[int64(slot[k-i])*c.cb:][:c.cb] }
+
+	// The reads: byNew[reads[r]:reads[r+1]] with one read of the store
+	// chunks from the first to the last, those between them unneeded.
+	reads := []int{0}
+	readOf := make([]int32, j-i) // read of each exception
+	for q := 1; q < len(byNew); q++ {
+		first, prev, next := c.ex[byNew[reads[len(reads)-1]]], c.ex[byNew[q-1]], c.ex[byNew[q]]
+		if next.New-first.New >= uint64(c.maxChunks) || next.New-prev.New-1 > c.readGap {
+			reads = append(reads, q)
+		}
+		readOf[byNew[q]-i] = int32(len(reads) - 1)
+	}
+	reads = append(reads, len(byNew))
 
 	order := make([]int, j-i)
 	for k := range order {
 		order[k] = i + k
 	}
-	slices.SortFunc(order, func(a, b int) int { return cmp.Compare(c.ex[a].Old, c.ex[b].Old) })
-	g, gctx = errgroup.WithContext(ctx)
-	g.SetLimit(c.opts.Workers)
-	for r := 0; r < len(order) && gctx.Err() == nil; {
-		s := r + 1
-		for s < len(order) && s-r < c.maxChunks && c.ex[order[s]].Old == c.ex[order[s-1]].Old+1 {
-			s++
+	spans := c.spans(order)
+
+	// Each span waits for the distinct reads its chunks come from.
+	waiting := make([]int32, len(spans))
+	waiters := make([][]int32, len(reads)-1)
+	for s, sp := range spans {
+		for _, k := range sp.idx {
+			r := readOf[k-i]
+			if w := waiters[r]; len(w) > 0 && w[len(w)-1] == int32(s) {
+				continue // s already waits for r
+			}
+			waiters[r] = append(waiters[r], int32(s))
+			waiting[s]++
 		}
-		run := order[r:s]
-		g.Go(func() error {
-			first, last := c.ex[run[0]], c.ex[run[len(run)-1]]
-			n := int64(len(run)-1)*c.cb + c.writeLen(last)
-			contiguous := true // in buf
-			for q := 1; q < len(run) && contiguous; q++ {
-				contiguous = run[q] == run[q-1]+1
+	}
+	ready := make(chan int, len(spans)) // never blocks a reader
+	var mu sync.Mutex
+
+	read := func(r int) error {
+		qs := byNew[reads[r]:reads[r+1]]
+		first, last := c.ex[qs[0]], c.ex[qs[len(qs)-1]]
+		n := int64(last.New-first.New+1) * c.cb
+		off := int64(first.New) * c.cb
+		if n == int64(len(qs))*c.cb { // no gap: straight into the slots
+			if err := readFull(c.store, buf[int64(reads[r])*c.cb:][:n], off); err != nil {
+				return fmt.Errorf("read store chunks %d-%d: %w", first.New, last.New, err)
 			}
-			var b []byte
-			if contiguous {
-				b = buf[int64(run[0]-i)*c.cb:][:n]
-			} else {
-				sb := <-scratch
-				defer func() { scratch <- sb }()
-				for q, k := range run {
-					copy(sb.b[int64(q)*c.cb:], at(k))
+		} else {
+			sb := <-scratch
+			defer func() { scratch <- sb }()
+			if err := readFull(c.store, sb.b[:n], off); err != nil {
+				return fmt.Errorf("read store chunks %d-%d: %w", first.New, last.New, err)
+			}
+			for q, k := range qs {
+				copy(buf[int64(reads[r]+q)*c.cb:][:c.cb], sb.b[int64(c.ex[k].New-first.New)*c.cb:])
+			}
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		for _, s := range waiters[r] {
+			if waiting[s]--; waiting[s] == 0 {
+				ready <- int(s)
+			}
+		}
+		return nil
+	}
+	write := func(sp span) error {
+		first, last := c.ex[sp.idx[0]], c.ex[sp.idx[len(sp.idx)-1]]
+		contiguous := sp.filled == 0 // in buf
+		for q := 1; q < len(sp.idx) && contiguous; q++ {
+			contiguous = slot[sp.idx[q]-i] == slot[sp.idx[q-1]-i]+1
+		}
+		var b []byte
+		if contiguous {
+			b = buf[int64(slot[sp.idx[0]-i])*c.cb:][:sp.n]
+		} else {
+			sb := <-scratch
+			defer func() { scratch <- sb }()
+			b = sb.b[:sp.n]
+			for _, f := range sp.fill {
+				if err := readFull(c.origin, b[f.Offset-sp.off:][:f.Length], f.Offset); err != nil {
+					return fmt.Errorf("read origin chunks %d-%d between changed chunks: %w",
+						f.Offset/c.cb, (f.Offset+f.Length)/c.cb-1, err)
 				}
-				b = sb.b[:n]
 			}
-			off := int64(first.Old) * c.cb
-			if _, err := c.origin.WriteAt(b, off); err != nil {
-				return fmt.Errorf("write origin chunks %d-%d at byte %d: %w", first.Old, last.Old, off, err)
+			for _, k := range sp.idx {
+				copy(b[int64(c.ex[k].Old-first.Old)*c.cb:], at(k))
 			}
-			report(n, 1)
-			return nil
-		})
-		r = s
+		}
+		if _, err := c.origin.WriteAt(b, sp.off); err != nil {
+			return fmt.Errorf("write origin chunks %d-%d at byte %d: %w", first.Old, last.Old, sp.off, err)
+		}
+		report(sp.data, sp.filled, 1)
+		return nil
+	}
+
+	// Dispatch: a ready write first, else the next read, else wait.
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(c.opts.Workers)
+	next := 0
+dispatch:
+	for started := 0; started < len(spans); {
+		if gctx.Err() != nil {
+			break
+		}
+		var s int
+		select {
+		case s = <-ready:
+		default:
+			if next < len(reads)-1 {
+				r := next
+				next++
+				g.Go(func() error { return read(r) })
+				continue
+			}
+			select {
+			case s = <-ready:
+			case <-gctx.Done():
+				break dispatch
+			}
+		}
+		sp := spans[s]
+		g.Go(func() error { return write(sp) })
+		started++
 	}
 	if err := g.Wait(); err != nil {
 		return err

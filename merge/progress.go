@@ -41,12 +41,14 @@ func identify(s *Store, originSize int64) identity {
 	}
 }
 
-// progressFormat is the version of the progress record's JSON.
-const progressFormat = 2
+// progressFormat is the version of the progress record's JSON. Format 2
+// counted Done in store-chunk order; a record of another format is ignored,
+// and the merge starts over, which is always safe.
+const progressFormat = 3
 
 // progress is the write-ahead record of an offline merge. Done counts the
-// exceptions, in store-chunk order, whose copies were durable on the origin
-// when the record was written.
+// exceptions, in origin-chunk order, whose copies were durable on the
+// origin when the record was written.
 type progress struct {
 	Format   int      `json:"format"`
 	Store    identity `json:"store"`
