@@ -34,7 +34,7 @@
 // in store order, with large reads that also take in the few unneeded
 // chunks between needed ones, then written out in origin order, runs of
 // consecutive origin chunks going out as one write. Runs that only a short
-// stretch of unchanged origin bytes separates (FillGap, 64 KiB) are joined
+// stretch of unchanged origin bytes separates (FillGap, 32 KiB) are joined
 // too: the stretch is read from the origin and written back as it was, so
 // that scattered small chunks cost a few large writes rather than one
 // small write each. A store that fits in one window is read once in order
