@@ -94,7 +94,7 @@ func interrupted(err error, how string) error {
 func (a *app) offlineReport(what string, res *merge.OfflineResult, el time.Duration) error {
 	if a.json {
 		return a.printDoc(&offlineMergeDoc{Target: what, Exceptions: len(res.Store.Exceptions), Bytes: res.Total, Copied: res.Copied,
-			Writes: res.Writes, Resumed: res.Resumed, AlreadyDone: res.AlreadyDone, Invalidated: res.Invalidated, Seconds: el.Seconds()})
+			Writes: res.Writes, Filled: res.Filled, Resumed: res.Resumed, AlreadyDone: res.AlreadyDone, Invalidated: res.Invalidated, Seconds: el.Seconds()})
 	}
 	if res.AlreadyDone {
 		a.printf("%s: already merged by an earlier run (the store is invalidated); nothing to do\n", what)
@@ -120,6 +120,7 @@ type offlineMergeDoc struct {
 	Bytes       int64   `json:"bytes"`
 	Copied      int64   `json:"copied"`
 	Writes      int     `json:"writes"`
+	Filled      int64   `json:"filled"`
 	Resumed     int     `json:"resumed"`
 	AlreadyDone bool    `json:"already_done"`
 	Invalidated bool    `json:"invalidated"`
