@@ -12,7 +12,7 @@ type lockIndex struct {
 	root *inode
 	n    int
 	ids  uint64
-	seed uint64
+	pris xorshift
 }
 
 // inode is one span of one request. A request embeds the node of its
@@ -42,21 +42,10 @@ func (a *inode) fix() {
 	a.maxHi = m
 }
 
-// rand is a xorshift generator; priorities need not be unpredictable.
-func (x *lockIndex) rand() uint64 {
-	if x.seed == 0 {
-		x.seed = 0x9e3779b97f4a7c15
-	}
-	x.seed ^= x.seed << 13
-	x.seed ^= x.seed >> 7
-	x.seed ^= x.seed << 17
-	return x.seed
-}
-
 // insert adds node n for span s of r. n must not be in the index.
 func (x *lockIndex) insert(n *inode, s span, r *lockReq) {
 	x.ids++
-	*n = inode{span: s, id: x.ids, pri: x.rand(), maxHi: s.hi, req: r}
+	*n = inode{span: s, id: x.ids, pri: x.pris.next(), maxHi: s.hi, req: r}
 	x.root = iinsert(x.root, n)
 	x.n++
 }

@@ -6,7 +6,7 @@ package bow
 type ordMap[V any] struct {
 	root *tnode[V]
 	n    int
-	seed uint64
+	pris xorshift
 }
 
 type tnode[V any] struct {
@@ -18,15 +18,18 @@ type tnode[V any] struct {
 
 func (m *ordMap[V]) len() int { return m.n }
 
-// rand is a xorshift generator; priorities need not be unpredictable.
-func (m *ordMap[V]) rand() uint64 {
-	if m.seed == 0 {
-		m.seed = 0x9e3779b97f4a7c15
+// xorshift draws treap priorities; they need not be unpredictable. The
+// zero value is ready to use.
+type xorshift uint64
+
+func (x *xorshift) next() uint64 {
+	if *x == 0 {
+		*x = 0x9e3779b97f4a7c15
 	}
-	m.seed ^= m.seed << 13
-	m.seed ^= m.seed >> 7
-	m.seed ^= m.seed << 17
-	return m.seed
+	*x ^= *x << 13
+	*x ^= *x >> 7
+	*x ^= *x << 17
+	return uint64(*x)
 }
 
 // find returns the node with key k, or nil.
@@ -103,7 +106,7 @@ func (m *ordMap[V]) set(k uint64, v V) {
 		n.val = v
 		return
 	}
-	m.root = tinsert(m.root, &tnode[V]{key: k, val: v, pri: m.rand()})
+	m.root = tinsert(m.root, &tnode[V]{key: k, val: v, pri: m.pris.next()})
 	m.n++
 }
 

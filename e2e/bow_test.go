@@ -671,6 +671,18 @@ func snapshotImage(t testing.TB, dev string) checkpointImage {
 // check compares every used block of the image with dev.
 func (img checkpointImage) check(t testing.TB, dev string) {
 	t.Helper()
+	used, bad, first := img.diff(t, dev)
+	if bad > 0 {
+		t.Fatalf("%d of %d used filesystem blocks of %s differ from the checkpoint image (first: %v)", bad, used, dev, first)
+	}
+	t.Logf("all %d used %d-byte blocks of %s equal the checkpoint image", used, img.blockSize, dev)
+}
+
+// diff counts the used blocks of the image and those of them that differ
+// on dev (the first ten of these are listed), after dropping the page
+// cache.
+func (img checkpointImage) diff(t testing.TB, dev string) (used, bad int64, first []int64) {
+	t.Helper()
 	run(t, "sync")
 	os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0)
 	a, err := os.Open(img.path)
@@ -685,8 +697,6 @@ func (img checkpointImage) check(t testing.TB, dev string) {
 	}
 	const chunk = 1 << 20
 	ba, bb := make([]byte, chunk), make([]byte, chunk)
-	var used, bad int64
-	var first []int64
 	for off := int64(0); ; off += chunk {
 		n, _ := io.ReadFull(a, ba)
 		if n == 0 {
@@ -709,10 +719,7 @@ func (img checkpointImage) check(t testing.TB, dev string) {
 			}
 		}
 	}
-	if bad > 0 {
-		t.Fatalf("%d of %d used filesystem blocks of %s differ from the checkpoint image (first: %v)", bad, used, dev, first)
-	}
-	t.Logf("all %d used %d-byte blocks of %s equal the checkpoint image", used, img.blockSize, dev)
+	return used, bad, first
 }
 
 // TestBowDemo runs demo/bow.sh, the bow part of the README demo, in a

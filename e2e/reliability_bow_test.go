@@ -3,10 +3,8 @@
 package e2e
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
-	"io"
 	"math/rand"
 	"os"
 	"os/exec"
@@ -189,7 +187,7 @@ func bkCount(n int, one, many string) string {
 // e2fsck -fn; it returns a description and whether both are right.
 func bkData(t testing.TB, img checkpointImage, what, dev string) (string, bool) {
 	t.Helper()
-	used, bad, first := bkDiff(t, img, dev)
+	used, bad, first := img.diff(t, dev)
 	fsck := "e2fsck -fn clean"
 	fok := true
 	if out, err := exec.Command("e2fsck", "-fn", dev).CombinedOutput(); err != nil {
@@ -199,48 +197,6 @@ func bkData(t testing.TB, img checkpointImage, what, dev string) (string, bool) 
 		return fmt.Sprintf("%d of %d used blocks differ from the %s (first %v); %s", bad, used, what, first, fsck), false
 	}
 	return fmt.Sprintf("the %s (all %d used blocks equal); %s", what, used, fsck), fok
-}
-
-// bkDiff is checkpointImage.check without failing: the used blocks of img
-// that differ on dev.
-func bkDiff(t testing.TB, img checkpointImage, dev string) (used, bad int64, first []int64) {
-	t.Helper()
-	run(t, "sync")
-	os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0)
-	a, err := os.Open(img.path)
-	must(t, err)
-	defer a.Close()
-	b, err := os.Open(dev)
-	must(t, err)
-	defer b.Close()
-	isFree := func(blk int64) bool {
-		i := sort.Search(len(img.free), func(i int) bool { return img.free[i][1] > blk })
-		return i < len(img.free) && img.free[i][0] <= blk
-	}
-	ba, bb := make([]byte, 1<<20), make([]byte, 1<<20)
-	for off := int64(0); ; off += int64(len(ba)) {
-		n, _ := io.ReadFull(a, ba)
-		if n == 0 {
-			break
-		}
-		if m, _ := io.ReadFull(b, bb[:n]); m != n {
-			t.Fatalf("%s is shorter than the image", dev)
-		}
-		for o := 0; o < n; o += int(img.blockSize) {
-			blk := (off + int64(o)) / img.blockSize
-			if isFree(blk) {
-				continue
-			}
-			used++
-			if !bytes.Equal(ba[o:o+int(img.blockSize)], bb[o:o+int(img.blockSize)]) {
-				bad++
-				if len(first) < 5 {
-					first = append(first, blk)
-				}
-			}
-		}
-	}
-	return used, bad, first
 }
 
 // row records a case; a defect fails the test and is marked in the table.
@@ -590,11 +546,11 @@ func (bk *bowKill) probeInstead(at, after, dev, state string, ckpt, changed chec
 
 // bkWhich names the image dev holds, and ok = false for neither.
 func bkWhich(t testing.TB, dev string, ckpt, changed checkpointImage) (string, bool) {
-	_, badC, _ := bkDiff(t, ckpt, dev)
+	_, badC, _ := ckpt.diff(t, dev)
 	if badC == 0 {
 		return "the checkpoint image", true
 	}
-	used, badX, _ := bkDiff(t, changed, dev)
+	used, badX, _ := changed.diff(t, dev)
 	if badX == 0 {
 		return "the changed image", true
 	}
