@@ -329,7 +329,7 @@ func fstrimBow(t testing.TB, dir string) string {
 	return out
 }
 
-// bowCycle runs scenario 1 of issue 7 on a disk with a block size: serve,
+// bowCycle runs the whole bow cycle on a disk with a block size: serve,
 // mkfs, files, fstrim, checkpoint, change more than a quarter of the free
 // space, unmount, stop (the map is saved), serve again (the checkpoint
 // resumes), change more, stop, restore the raw disk: every file is back

@@ -25,8 +25,8 @@ import (
 // device in checkpoint state into space that was free at the checkpoint,
 // over data that existed at the checkpoint (each block backed up first),
 // and through the same server after commit (pass-through; a second
-// instance on its own disk, so that the runs interleave). Goals from
-// issue 7: free-space writes at least 90 % of pass-through, overwrites at
+// instance on its own disk, so that the runs interleave). The project's
+// goals: free-space writes at least 90 % of pass-through, overwrites at
 // least 50 %.
 //
 // Space: one mixed workload (new files, appends, in-place overwrites,

@@ -2,7 +2,7 @@
 
 package e2e
 
-// End-to-end proof of the offline merge (issue 5) on the guest's 6.1
+// End-to-end proof of the offline merge on the guest's 6.1
 // kernel: the kernel's snapshot-merge and `snapctl merge --offline` restore
 // the same bytes from copies of one store; a SIGKILLed offline merge resumes
 // to the same bytes; damaged stores are refused with the origin untouched;
