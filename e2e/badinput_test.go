@@ -20,7 +20,7 @@ import (
 	"github.com/snapctl/snapctl/dmtable"
 )
 
-// The bad-input tests feed snapctl every input the issue lists as bad and
+// The bad-input tests feed snapctl every kind of bad input a user can give and
 // check three things for each: the exit code documented in `snapctl --help`
 // (1 failure, 2 usage, 3 invalid data, 4 refused, 5 unsupported, 6 needs
 // repair), a message that names the object at fault, and that nothing
@@ -737,7 +737,7 @@ func biDeviceChanged(t *testing.T, smnt string) {
 		removeDevices(t, "lp")
 	})
 	t.Run("same device number and size, another disk", func(t *testing.T) {
-		// The issue asks to detect a changed device "by size and a
+		// A changed device must be detected "by size and a
 		// signature": B2 has A's size and takes A's device number.
 		biUnloop(t, l0)
 		biLoop(t, l0, B2)
