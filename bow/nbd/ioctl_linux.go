@@ -88,18 +88,13 @@ func openDevice(path string) (int, error) {
 	if err != nil {
 		return -1, err
 	}
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
+	reason, err := checkDevice(fd)
+	if err == nil && reason != "" {
+		err = ErrNotNBD{Path: path, Reason: reason}
+	}
+	if err != nil {
 		unix.Close(fd)
 		return -1, err
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFBLK {
-		unix.Close(fd)
-		return -1, ErrNotNBD{Path: path, Reason: "not a block device"}
-	}
-	if maj := unix.Major(uint64(st.Rdev)); maj != nbdMajor {
-		unix.Close(fd)
-		return -1, ErrNotNBD{Path: path, Reason: fmt.Sprintf("not an NBD device (major %d, want %d)", maj, nbdMajor)}
 	}
 	return fd, nil
 }
@@ -110,16 +105,20 @@ func closeFD(fd int) error { return unix.Close(fd) }
 // its own copy).
 func dupFD(fd int) (int, error) { return unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0) }
 
-// checkDevice checks that fd is an NBD device.
-func checkDevice(fd int) error {
+// checkDevice checks that fd is an NBD device: reason says why it is not,
+// err is a failed fstat.
+func checkDevice(fd int) (reason string, err error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
-		return err
+		return "", err
 	}
-	if st.Mode&unix.S_IFMT != unix.S_IFBLK || unix.Major(uint64(st.Rdev)) != nbdMajor {
-		return errors.New("not an NBD device")
+	if st.Mode&unix.S_IFMT != unix.S_IFBLK {
+		return "not a block device", nil
 	}
-	return nil
+	if maj := unix.Major(uint64(st.Rdev)); maj != nbdMajor {
+		return fmt.Sprintf("not an NBD device (major %d, want %d)", maj, nbdMajor), nil
+	}
+	return "", nil
 }
 
 // syncFD writes back the device's dirty pages and flushes it (fsync on the

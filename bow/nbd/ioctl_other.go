@@ -21,7 +21,7 @@ func openDevice(path string) (int, error) { return -1, errNoNBD }
 func closeFD(fd int) error                { return errNoNBD }
 func syncFD(fd int) error                 { return errNoNBD }
 func dupFD(fd int) (int, error)           { return -1, errNoNBD }
-func checkDevice(fd int) error            { return errNoNBD }
+func checkDevice(fd int) (string, error)  { return "", errNoNBD }
 func socketPair() (int, *os.File, error)  { return -1, nil, errNoNBD }
 
 // Harden does nothing outside Linux.

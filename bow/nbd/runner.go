@@ -2,6 +2,7 @@ package nbd
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -39,10 +40,14 @@ func RunDevice() error {
 	signal.Ignore(syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGPIPE)
 	f := os.NewFile(DeviceFD, "nbd device")
 	defer f.Close()
-	if err := checkDevice(int(f.Fd())); err != nil {
+	reason, err := checkDevice(int(f.Fd()))
+	if err == nil && reason != "" {
+		err = errors.New(reason)
+	}
+	if err != nil {
 		return fmt.Errorf("run NBD device: file descriptor %d: %w (this helper is started by 'snapctl bow serve --nbd', not by hand)", DeviceFD, err)
 	}
-	err := doIt(int(f.Fd()))
+	err = doIt(int(f.Fd()))
 	// The connection has ended. Requests the server took but never
 	// answered (it was killed) would wait for it forever: the device has
 	// no request timeout by default. NBD_CLEAR_SOCK fails them, so that the

@@ -135,12 +135,8 @@ headroom, rounded up to whole chunks.`,
 			}
 			a.printf("chunk size:       %s (%d sectors)\n", cowSizeHuman(uint64(res.ChunkSize)), res.ChunkSectors)
 			a.printf("changed chunks:   %d\n", res.ChangedChunks)
-			areas := "exception areas"
-			if size.Areas() == 1 {
-				areas = "exception area"
-			}
-			a.printf("metadata chunks:  %d (header + %d %s of %d entries)\n",
-				res.MetadataChunks, size.Areas(), areas, cowsize.ExceptionsPerArea(chunk))
+			a.printf("metadata chunks:  %d (header + %s of %d entries)\n",
+				res.MetadataChunks, plural(int64(size.Areas()), "exception area"), cowsize.ExceptionsPerArea(chunk))
 			a.printf("total chunks:     %d\n", res.TotalChunks)
 			a.printf("store size:       %d bytes (%s)\n", res.Bytes, cowSizeHuman(res.Bytes))
 			if res.MarginPercent != nil {
