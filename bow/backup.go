@@ -33,13 +33,13 @@ type plan struct {
 // become changed, blocks that need a backup become changed and their
 // destinations backups. Either the whole plan fits in free space (keeping
 // enough in reserve for the log blocks its entries will fill) or nothing
-// changes and the result is ErrNoSpace. Destinations are added to r, so no
+// changes and the result is NoSpaceError. Destinations are added to r, so no
 // other request touches them until the backup is logged. Called with mu
 // held.
 func (e *Engine) plan(r *lockReq, lo, hi uint64) (plan, error) {
 	var pl plan
 	if e.broken != nil {
-		return pl, ErrBroken{Device: e.name, Cause: e.broken}
+		return pl, BrokenError{Device: e.name, Cause: e.broken}
 	}
 	type seg struct {
 		s, e uint64
@@ -55,7 +55,7 @@ func (e *Engine) plan(r *lockReq, lo, hi uint64) (plan, error) {
 	})
 	avail := e.availLocked()
 	nospace := func() error {
-		return ErrNoSpace{Device: e.name, Needed: int64(need) * e.bs, Free: int64(avail) * e.bs}
+		return NoSpaceError{Device: e.name, Needed: int64(need) * e.bs, Free: int64(avail) * e.bs}
 	}
 	if need == 0 {
 		return pl, nil

@@ -231,7 +231,7 @@ func (r *crashRun) checkRestored(t *testing.T, what string, img []byte) {
 	t.Helper()
 	mem := NewMemFrom(img)
 	_, err := Restore(mem, RestoreOptions{})
-	var nl ErrNoLog
+	var nl NoLogError
 	if err != nil && !errors.As(err, &nl) {
 		t.Fatalf("%s: restore: %v", what, err)
 	}
@@ -266,7 +266,7 @@ func TestCrashPoints(t *testing.T) {
 				inCommit := i >= r.commitStart
 				mem := NewMemFrom(img)
 				_, err := Restore(mem, RestoreOptions{})
-				var nl ErrNoLog
+				var nl NoLogError
 				if errors.As(err, &nl) && (i < r.ckStart+8 || inCommit) {
 					if !inCommit {
 						if b := diffBlocks(img, r.ckpt, r.bs, func(b int64) bool { return !r.ckFree[b] }); b >= 0 {
@@ -319,7 +319,7 @@ func TestRestoreCrash(t *testing.T) {
 					// Crash the second restore too, then finish.
 					dev2 := newCrashDev(img2)
 					_, err := Restore(dev2, RestoreOptions{})
-					var nl ErrNoLog
+					var nl NoLogError
 					if errors.As(err, &nl) {
 						r.checkRestored(t, what, img2)
 						return
@@ -396,7 +396,7 @@ func TestRollForwardRefusesHalfRestore(t *testing.T) {
 	}
 	copy(img, b)
 	err = RollForward(NewMemFrom(img))
-	if !errors.As(err, new(ErrRestoreInProgress)) {
-		t.Fatalf("roll forward of a half-restored device: got %v, want ErrRestoreInProgress", err)
+	if !errors.As(err, new(RestoreInProgressError)) {
+		t.Fatalf("roll forward of a half-restored device: got %v, want RestoreInProgressError", err)
 	}
 }

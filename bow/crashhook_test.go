@@ -155,7 +155,7 @@ func TestCrashHook(t *testing.T) {
 					t.Fatal(err)
 				}
 				_, ierr := Inspect(f)
-				var nl ErrNoLog
+				var nl NoLogError
 				switch {
 				case errors.As(ierr, &nl):
 				case ierr != nil:

@@ -94,7 +94,7 @@
 // with fsyncs) and Open resumes from it when it matches the log in block 0,
 // deleting it first so that only a clean Close can leave one. A device with
 // a log and no matching map (after a crash) cannot be resumed: Open fails
-// with ErrNeedsRestore, and the checkpoint is restored or rolled forward
+// with NeedsRestoreError, and the checkpoint is restored or rolled forward
 // offline. Trims made in trim state are not saved; fstrim again after a
 // restart.
 //

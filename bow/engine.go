@@ -139,8 +139,8 @@ const (
 // Open starts an engine on dev. A device without a checkpoint log starts
 // in StateTrim (StateCommitted with Options.PassThrough). A device with a
 // log resumes its checkpoint from the range map saved at Options.StatePath
-// by a clean Close; without a matching map Open fails with ErrNeedsRestore,
-// and with an interrupted restore with ErrRestoreInProgress. The saved map
+// by a clean Close; without a matching map Open fails with NeedsRestoreError,
+// and with an interrupted restore with RestoreInProgressError. The saved map
 // is removed once loaded, so that only a clean Close can leave one behind.
 // The engine does not close dev.
 func Open(dev Device, opts Options) (*Engine, error) {
@@ -150,11 +150,11 @@ func Open(dev Device, opts Options) (*Engine, error) {
 		bs = defaultBlockSize
 	}
 	if !ValidBlockSize(bs) {
-		return nil, ErrBlockSize{Size: bs}
+		return nil, BlockSizeError{Size: bs}
 	}
 	size := dev.Size()
 	if size < 2*MinBlockSize {
-		return nil, ErrDeviceTooSmall{Device: name, Size: size, BlockSize: bs}
+		return nil, DeviceTooSmallError{Device: name, Size: size, BlockSize: bs}
 	}
 	var hb [HeaderSize]byte
 	if _, err := dev.ReadAt(hb[:], 0); err != nil {
@@ -164,19 +164,19 @@ func Open(dev Device, opts Options) (*Engine, error) {
 	hasLog := herr == nil
 	if hasLog {
 		if h.Magic == PartialMagic {
-			return nil, ErrRestoreInProgress{Device: name}
+			return nil, RestoreInProgressError{Device: name}
 		}
 		lbs := int64(h.BlockSize)
 		if !ValidBlockSize(lbs) {
-			return nil, ErrNeedsRestore{Device: name, Reason: fmt.Sprintf("its log header names block size %d", lbs)}
+			return nil, NeedsRestoreError{Device: name, Reason: fmt.Sprintf("its log header names block size %d", lbs)}
 		}
 		if opts.BlockSize != 0 && opts.BlockSize != lbs {
-			return nil, ErrBlockSize{Size: opts.BlockSize, Log: lbs}
+			return nil, BlockSizeError{Size: opts.BlockSize, Log: lbs}
 		}
 		bs = lbs
 	}
 	if size < 2*bs {
-		return nil, ErrDeviceTooSmall{Device: name, Size: size, BlockSize: bs}
+		return nil, DeviceTooSmallError{Device: name, Size: size, BlockSize: bs}
 	}
 	e := &Engine{
 		dev:    dev,
@@ -196,10 +196,10 @@ func Open(dev Device, opts Options) (*Engine, error) {
 	e.rm = newRangeMap(e.blocks)
 	if hasLog {
 		if opts.PassThrough {
-			return nil, ErrNeedsRestore{Device: name, Reason: "pass-through was asked for"}
+			return nil, NeedsRestoreError{Device: name, Reason: "pass-through was asked for"}
 		}
 		if opts.StatePath == "" {
-			return nil, ErrNeedsRestore{Device: name, Reason: "no state file is configured"}
+			return nil, NeedsRestoreError{Device: name, Reason: "no state file is configured"}
 		}
 		if err := e.loadState(); err != nil {
 			return nil, err
@@ -356,7 +356,7 @@ func (e *Engine) writeCheckpoint(p []byte, off int64) (err error, full bool) {
 	if err != nil {
 		e.releaseLocked(r)
 		e.mu.Unlock()
-		var ns ErrNoSpace
+		var ns NoSpaceError
 		return err, errors.As(err, &ns)
 	}
 	low := e.lowSpaceLocked()
@@ -522,7 +522,7 @@ func (e *Engine) drain() error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.broken != nil {
-		return ErrBroken{Device: e.name, Cause: e.broken}
+		return BrokenError{Device: e.name, Cause: e.broken}
 	}
 	return nil
 }
@@ -546,7 +546,7 @@ func (e *Engine) SetState(s State) error {
 	}
 	cur := e.State()
 	if s != cur+1 {
-		return ErrTransition{From: cur, To: s}
+		return TransitionError{From: cur, To: s}
 	}
 	if err := e.drain(); err != nil {
 		return err
@@ -594,7 +594,7 @@ func (e *Engine) startCheckpoint() error {
 	e.mu.Lock()
 	if e.broken != nil {
 		e.mu.Unlock()
-		return ErrBroken{Device: e.name, Cause: e.broken}
+		return BrokenError{Device: e.name, Cause: e.broken}
 	}
 	_, _, k0 := e.rm.at(0)
 	e.rm.set(0, 1, kindLog)
@@ -619,7 +619,7 @@ func (e *Engine) startCheckpoint() error {
 		free := int64(e.rm.nfree) * e.bs
 		rollback()
 		e.mu.Unlock()
-		return ErrNoSpace{Device: e.name, Needed: 2 * e.bs, Free: free}
+		return NoSpaceError{Device: e.name, Needed: 2 * e.bs, Free: free}
 	}
 	e.mu.Unlock()
 	fail := func(err error) error {
@@ -680,7 +680,7 @@ func (e *Engine) finishCheckpoint() error {
 	broken := e.broken
 	e.mu.Unlock()
 	if broken != nil {
-		return ErrBroken{Device: e.name, Cause: broken}
+		return BrokenError{Device: e.name, Cause: broken}
 	}
 	data := make([]byte, e.bs)
 	if _, err := e.dev.ReadAt(data, int64(e.zero.Load())*e.bs); err != nil {

@@ -50,32 +50,32 @@ func TestOpenBadInput(t *testing.T) {
 		opts Options
 		want any
 	}{
-		{"block size 1000", make([]byte, 1<<16), Options{BlockSize: 1000}, ErrBlockSize{}},
-		{"block size 8192", make([]byte, 1<<16), Options{BlockSize: 8192}, ErrBlockSize{}},
-		{"block size 256", make([]byte, 1<<16), Options{BlockSize: 256}, ErrBlockSize{}},
-		{"block size -512", make([]byte, 1<<16), Options{BlockSize: -512}, ErrBlockSize{}},
-		{"one block", make([]byte, 4096), Options{}, ErrDeviceTooSmall{}},
-		{"one and a half blocks", make([]byte, 768), Options{BlockSize: 512}, ErrDeviceTooSmall{}},
-		{"empty", nil, Options{BlockSize: 512}, ErrDeviceTooSmall{}},
-		{"restore in progress", logImage(PartialMagic, 512), Options{}, ErrRestoreInProgress{}},
-		{"log without state path", logImage(Magic, 512), Options{}, ErrNeedsRestore{}},
-		{"log without state file", logImage(Magic, 512), Options{StatePath: "/nonexistent/dir/state"}, ErrNeedsRestore{}},
-		{"log in pass-through", logImage(Magic, 1024), Options{PassThrough: true}, ErrNeedsRestore{}},
-		{"log of another block size", logImage(Magic, 4096), Options{BlockSize: 512}, ErrBlockSize{}},
+		{"block size 1000", make([]byte, 1<<16), Options{BlockSize: 1000}, BlockSizeError{}},
+		{"block size 8192", make([]byte, 1<<16), Options{BlockSize: 8192}, BlockSizeError{}},
+		{"block size 256", make([]byte, 1<<16), Options{BlockSize: 256}, BlockSizeError{}},
+		{"block size -512", make([]byte, 1<<16), Options{BlockSize: -512}, BlockSizeError{}},
+		{"one block", make([]byte, 4096), Options{}, DeviceTooSmallError{}},
+		{"one and a half blocks", make([]byte, 768), Options{BlockSize: 512}, DeviceTooSmallError{}},
+		{"empty", nil, Options{BlockSize: 512}, DeviceTooSmallError{}},
+		{"restore in progress", logImage(PartialMagic, 512), Options{}, RestoreInProgressError{}},
+		{"log without state path", logImage(Magic, 512), Options{}, NeedsRestoreError{}},
+		{"log without state file", logImage(Magic, 512), Options{StatePath: "/nonexistent/dir/state"}, NeedsRestoreError{}},
+		{"log in pass-through", logImage(Magic, 1024), Options{PassThrough: true}, NeedsRestoreError{}},
+		{"log of another block size", logImage(Magic, 4096), Options{BlockSize: 512}, BlockSizeError{}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := Open(NewMemFrom(tt.img), tt.opts)
 			var ok bool
 			switch tt.want.(type) {
-			case ErrBlockSize:
-				ok = errors.As(err, new(ErrBlockSize))
-			case ErrDeviceTooSmall:
-				ok = errors.As(err, new(ErrDeviceTooSmall))
-			case ErrRestoreInProgress:
-				ok = errors.As(err, new(ErrRestoreInProgress))
-			case ErrNeedsRestore:
-				ok = errors.As(err, new(ErrNeedsRestore))
+			case BlockSizeError:
+				ok = errors.As(err, new(BlockSizeError))
+			case DeviceTooSmallError:
+				ok = errors.As(err, new(DeviceTooSmallError))
+			case RestoreInProgressError:
+				ok = errors.As(err, new(RestoreInProgressError))
+			case NeedsRestoreError:
+				ok = errors.As(err, new(NeedsRestoreError))
 			}
 			if !ok {
 				t.Errorf("got %v, want %T", err, tt.want)
@@ -110,12 +110,12 @@ func TestTransitions(t *testing.T) {
 	for _, s := range steps {
 		from := e.State()
 		err := e.SetState(s.to)
-		var te ErrTransition
+		var te TransitionError
 		switch {
 		case s.valid && err != nil:
 			t.Fatalf("%v -> %v: got %v, want nil", from, s.to, err)
 		case !s.valid && !errors.As(err, &te):
-			t.Fatalf("%v -> %v: got %v, want ErrTransition", from, s.to, err)
+			t.Fatalf("%v -> %v: got %v, want TransitionError", from, s.to, err)
 		case !s.valid && (te.From != from || te.To != s.to):
 			t.Fatalf("%v -> %v: error names %v -> %v", from, s.to, te.From, te.To)
 		case !s.valid && e.State() != from:
@@ -160,12 +160,12 @@ func TestNoSpaceFail(t *testing.T) {
 			break
 		}
 	}
-	var ns ErrNoSpace
+	var ns NoSpaceError
 	if !errors.As(err, &ns) || !errors.Is(err, syscall.ENOSPC) || !errors.Is(err, unix.ENOSPC) {
-		t.Fatalf("write %d: got %v, want ErrNoSpace wrapping ENOSPC", i, err)
+		t.Fatalf("write %d: got %v, want NoSpaceError wrapping ENOSPC", i, err)
 	}
 	if ns.Needed != bs || ns.Free != 0 {
-		t.Errorf("ErrNoSpace: got need %d free %d, want %d and 0", ns.Needed, ns.Free, bs)
+		t.Errorf("NoSpaceError: got need %d free %d, want %d and 0", ns.Needed, ns.Free, bs)
 	}
 	// The refused write changed nothing and the engine goes on.
 	if got := readAll(t, e, e.Size()); !bytes.Equal(got[i*bs:(i+1)*bs], ck[i*bs:(i+1)*bs]) {
@@ -212,8 +212,8 @@ func TestNoSpaceCommit(t *testing.T) {
 	if got := mem.Bytes(); diffBlocks(got, want, bs, func(b int64) bool { return b < 26 }) >= 0 {
 		t.Fatal("device after auto-commit is not the written content")
 	}
-	if _, err := Inspect(mem); !errors.As(err, new(ErrNoLog)) {
-		t.Errorf("inspect after auto-commit: got %v, want ErrNoLog", err)
+	if _, err := Inspect(mem); !errors.As(err, new(NoLogError)) {
+		t.Errorf("inspect after auto-commit: got %v, want NoLogError", err)
 	}
 }
 
@@ -442,8 +442,8 @@ func TestPersistence(t *testing.T) {
 	if err := e.drain(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Open(f, opts); !errors.As(err, new(ErrNeedsRestore)) {
-		t.Fatalf("open after a crash: got %v, want ErrNeedsRestore", err)
+	if _, err := Open(f, opts); !errors.As(err, new(NeedsRestoreError)) {
+		t.Fatalf("open after a crash: got %v, want NeedsRestoreError", err)
 	}
 	if _, err := Restore(f, RestoreOptions{}); err != nil {
 		t.Fatal(err)
@@ -469,9 +469,9 @@ func TestPersistence(t *testing.T) {
 		b[len(b)/2] ^= 1
 		os.WriteFile(state, b, 0o600)
 		_, err = Open(f, opts)
-		var nr ErrNeedsRestore
+		var nr NeedsRestoreError
 		if !errors.As(err, &nr) || !strings.Contains(nr.Reason, "checksum") {
-			t.Fatalf("got %v, want ErrNeedsRestore about the checksum", err)
+			t.Fatalf("got %v, want NeedsRestoreError about the checksum", err)
 		}
 	})
 	t.Run("state of another log", func(t *testing.T) {
@@ -486,9 +486,9 @@ func TestPersistence(t *testing.T) {
 		binary.LittleEndian.PutUint32(b[:], binary.LittleEndian.Uint32(b[:])+1)
 		f.WriteAt(b[:], 16)
 		_, err := Open(f, opts)
-		var nr ErrNeedsRestore
+		var nr NeedsRestoreError
 		if !errors.As(err, &nr) || !strings.Contains(nr.Reason, "different log") {
-			t.Fatalf("got %v, want ErrNeedsRestore about a different log", err)
+			t.Fatalf("got %v, want NeedsRestoreError about a different log", err)
 		}
 	})
 	t.Run("stale state without a log", func(t *testing.T) {

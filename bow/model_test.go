@@ -191,9 +191,9 @@ func runModel(t *rapid.T, bs int64, path string) {
 		"checkpoint": func(t *rapid.T) {
 			err := e.Checkpoint()
 			if m.state != StateTrim {
-				var te ErrTransition
+				var te TransitionError
 				if !errors.As(err, &te) {
-					t.Fatalf("checkpoint in %v: got %v, want ErrTransition", m.state, err)
+					t.Fatalf("checkpoint in %v: got %v, want TransitionError", m.state, err)
 				}
 				return
 			}
@@ -211,9 +211,9 @@ func runModel(t *rapid.T, bs int64, path string) {
 		"commit": func(t *rapid.T) {
 			err := e.Commit()
 			if m.state != StateCheckpoint {
-				var te ErrTransition
+				var te TransitionError
 				if !errors.As(err, &te) {
-					t.Fatalf("commit in %v: got %v, want ErrTransition", m.state, err)
+					t.Fatalf("commit in %v: got %v, want TransitionError", m.state, err)
 				}
 				return
 			}

@@ -66,13 +66,13 @@ func (e *Engine) loadState() error {
 	path := e.opts.StatePath
 	data, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return ErrNeedsRestore{Device: e.name, Reason: fmt.Sprintf("no saved range map at %s", path)}
+		return NeedsRestoreError{Device: e.name, Reason: fmt.Sprintf("no saved range map at %s", path)}
 	}
 	if err != nil {
 		return fmt.Errorf("open %s: read saved state: %w", e.name, err)
 	}
 	bad := func(format string, args ...any) error {
-		return ErrNeedsRestore{Device: e.name, Reason: fmt.Sprintf("saved range map at %s: ", path) + fmt.Sprintf(format, args...)}
+		return NeedsRestoreError{Device: e.name, Reason: fmt.Sprintf("saved range map at %s: ", path) + fmt.Sprintf(format, args...)}
 	}
 	if err := e.decodeState(data); err != nil {
 		return bad("%v", err)

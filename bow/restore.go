@@ -57,7 +57,7 @@ type Info struct {
 }
 
 // Inspect reads the log chain of dev and validates it without writing.
-// The error is ErrNoLog without a log and ErrCorruptLog when validation
+// The error is NoLogError without a log and CorruptLogError when validation
 // fails; Info describes as much of the chain as could be read.
 func Inspect(dev Device) (Info, error) {
 	c, err := openChain(dev)
@@ -79,7 +79,7 @@ func Inspect(dev Device) (Info, error) {
 // Restore puts dev back to its contents at the checkpoint. It validates the
 // whole chain first (magics, block sizes, sequence numbers, bounds, sizes
 // and checksums, following the chain exactly as the restore will move the
-// data); a chain that fails is refused with ErrCorruptLog and nothing is
+// data); a chain that fails is refused with CorruptLogError and nothing is
 // written, unless RollForwardOnCorruption asks to keep the current contents
 // instead. The replay copies every backup back to its source, newest entry
 // first, block 0 last, and marks its progress in block 0 (magic "WOB", a
@@ -127,13 +127,13 @@ func RollForward(dev Device) error {
 func rollForward(dev Device, top Header) error {
 	name := deviceName(dev)
 	if top.Magic != Magic {
-		return ErrRestoreInProgress{Device: name}
+		return RestoreInProgressError{Device: name}
 	}
 	bs := int64(top.BlockSize)
 	spb := uint64(bs / SectorSize)
 	blocks := uint64(dev.Size() / bs)
 	if !ValidBlockSize(bs) || top.Sector0%spb != 0 || top.Sector0 == 0 || top.Sector0/spb >= blocks {
-		return ErrCorruptLog{Device: name, Sequence: int64(top.Sequence), Entry: -1,
+		return CorruptLogError{Device: name, Sequence: int64(top.Sequence), Entry: -1,
 			Reason: fmt.Sprintf("the live block 0 is at sector %d, block size %d: cannot roll forward", top.Sector0, bs)}
 	}
 	data := make([]byte, bs)
@@ -166,7 +166,7 @@ type chain struct {
 func openChain(dev Device) (*chain, error) {
 	name := deviceName(dev)
 	if dev.Size() < HeaderSize {
-		return nil, ErrNoLog{Device: name}
+		return nil, NoLogError{Device: name}
 	}
 	var hb [HeaderSize]byte
 	if _, err := dev.ReadAt(hb[:], 0); err != nil {
@@ -174,7 +174,7 @@ func openChain(dev Device) (*chain, error) {
 	}
 	top, err := ParseHeader(hb[:])
 	if err != nil {
-		return nil, ErrNoLog{Device: name}
+		return nil, NoLogError{Device: name}
 	}
 	c := &chain{dev: dev, name: name, top: top, bs: int64(top.BlockSize)}
 	if ValidBlockSize(c.bs) {
@@ -185,7 +185,7 @@ func openChain(dev Device) (*chain, error) {
 }
 
 func (c *chain) corrupt(seq int64, entry int, format string, args ...any) error {
-	return ErrCorruptLog{Device: c.name, Sequence: seq, Entry: entry, Reason: fmt.Sprintf(format, args...)}
+	return CorruptLogError{Device: c.name, Sequence: seq, Entry: entry, Reason: fmt.Sprintf(format, args...)}
 }
 
 // checkEntry checks what can be checked of an entry without data and

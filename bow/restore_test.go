@@ -97,8 +97,8 @@ func TestRestoreHandImage(t *testing.T) {
 	if calls != 5 || last != 6*1024 {
 		t.Errorf("progress called %d times ending at %d, want 5 ending at 6144", calls, last)
 	}
-	if _, err := Restore(mem, RestoreOptions{}); !errors.As(err, new(ErrNoLog)) {
-		t.Errorf("second restore: got %v, want ErrNoLog", err)
+	if _, err := Restore(mem, RestoreOptions{}); !errors.As(err, new(NoLogError)) {
+		t.Errorf("second restore: got %v, want NoLogError", err)
 	}
 }
 
@@ -158,12 +158,12 @@ func TestRestoreRefusesCorruptChain(t *testing.T) {
 			for _, dry := range []bool{true, false} {
 				dev := &writeCounter{Mem: NewMemFrom(img)}
 				_, err := Restore(dev, RestoreOptions{DryRun: dry})
-				var ce ErrCorruptLog
+				var ce CorruptLogError
 				switch {
-				case tt.noLog && !errors.As(err, new(ErrNoLog)):
-					t.Fatalf("got %v, want ErrNoLog", err)
+				case tt.noLog && !errors.As(err, new(NoLogError)):
+					t.Fatalf("got %v, want NoLogError", err)
 				case !tt.noLog && !errors.As(err, &ce):
-					t.Fatalf("got %v, want ErrCorruptLog", err)
+					t.Fatalf("got %v, want CorruptLogError", err)
 				case !tt.noLog && !bytes.Contains([]byte(ce.Reason), []byte(tt.reason)):
 					t.Errorf("got reason %q, want it to mention %q", ce.Reason, tt.reason)
 				}

@@ -22,14 +22,14 @@ type Image struct {
 // that called Diff, after every block.
 type Progress func(done, total int64)
 
-// ErrNewShorter reports a new image shorter than the old one: the update
+// NewShorterError reports a new image shorter than the old one: the update
 // would have to shrink the device, which a snapshot cannot express.
-type ErrNewShorter struct {
+type NewShorterError struct {
 	Old, New         string
 	OldSize, NewSize int64
 }
 
-func (e ErrNewShorter) Error() string {
+func (e NewShorterError) Error() string {
 	return fmt.Sprintf("new image %q (%d bytes) is shorter than old image %q (%d bytes)", e.New, e.NewSize, e.Old, e.OldSize)
 }
 
@@ -47,7 +47,7 @@ const (
 // end: the origin's bytes there are unknown. A partial last chunk of newImg
 // counts like a whole one. Both images are read concurrently and
 // sequentially in large blocks with constant memory. A newImg shorter than
-// oldImg fails with ErrNewShorter; a read that comes back short of the size
+// oldImg fails with NewShorterError; a read that comes back short of the size
 // given fails with io.ErrUnexpectedEOF. progress may be nil.
 func Diff(ctx context.Context, oldImg, newImg Image, chunkBytes uint32, progress Progress) (uint64, error) {
 	return diff(ctx, oldImg, newImg, chunkBytes, progress, diffBlock)
@@ -67,7 +67,7 @@ func diff(ctx context.Context, oldImg, newImg Image, chunkBytes uint32, progress
 		return 0, fmt.Errorf("compare %q with %q: negative image size", oldImg.Name, newImg.Name)
 	}
 	if newImg.Size < oldImg.Size {
-		return 0, ErrNewShorter{Old: oldImg.Name, New: newImg.Name, OldSize: oldImg.Size, NewSize: newImg.Size}
+		return 0, NewShorterError{Old: oldImg.Name, New: newImg.Name, OldSize: oldImg.Size, NewSize: newImg.Size}
 	}
 	blockBytes = max(blockBytes, int(chunkBytes)) // a multiple: both are powers of two
 	stop := make(chan struct{})

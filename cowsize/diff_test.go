@@ -114,9 +114,9 @@ func TestDiffRandom(t *testing.T) {
 
 func TestDiffNewShorter(t *testing.T) {
 	_, err := Diff(context.Background(), img("a.img", make([]byte, 8192)), img("b.img", make([]byte, 8191)), 4096, nil)
-	var e ErrNewShorter
+	var e NewShorterError
 	if !errors.As(err, &e) || e.Old != "a.img" || e.New != "b.img" || e.OldSize != 8192 || e.NewSize != 8191 {
-		t.Errorf("got %v, want ErrNewShorter naming both images", err)
+		t.Errorf("got %v, want NewShorterError naming both images", err)
 	}
 }
 
@@ -216,8 +216,8 @@ func TestForImages(t *testing.T) {
 	if s.ChangedChunks != 4 || s.TotalChunks != 6 || s.Bytes != 6*4096 {
 		t.Errorf("got %+v, want 4 changed, 6 total chunks", s)
 	}
-	if _, err := ForImages(context.Background(), b, a, 4096, nil); !errors.As(err, new(ErrNewShorter)) {
-		t.Errorf("swapped: got %v, want ErrNewShorter", err)
+	if _, err := ForImages(context.Background(), b, a, 4096, nil); !errors.As(err, new(NewShorterError)) {
+		t.Errorf("swapped: got %v, want NewShorterError", err)
 	}
 	missing := filepath.Join(dir, "missing.img")
 	if _, err := ForImages(context.Background(), a, missing, 4096, nil); !errors.Is(err, os.ErrNotExist) || !strings.Contains(err.Error(), missing) {
@@ -226,8 +226,8 @@ func TestForImages(t *testing.T) {
 	if _, err := ForImages(context.Background(), dir, b, 4096, nil); err == nil || !strings.Contains(err.Error(), "not a regular file or block device") {
 		t.Errorf("directory: got %v, want a refusal", err)
 	}
-	if _, err := ForImages(context.Background(), a, b, 1<<20, nil); !errors.As(err, new(ErrChunkSize)) {
-		t.Errorf("1 MiB chunk: got %v, want ErrChunkSize", err)
+	if _, err := ForImages(context.Background(), a, b, 1<<20, nil); !errors.As(err, new(ChunkSizeError)) {
+		t.Errorf("1 MiB chunk: got %v, want ChunkSizeError", err)
 	}
 }
 

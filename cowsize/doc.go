@@ -25,7 +25,7 @@
 // chunks a store of a given size holds.
 //
 // All arithmetic is checked: sizes up to 2^63-1 bytes are handled, anything
-// larger is refused with ErrTooLarge rather than wrapped around.
+// larger is refused with TooLargeError rather than wrapped around.
 //
 // See the kernel's Documentation/admin-guide/device-mapper/snapshot.rst for
 // the snapshot targets themselves.

@@ -17,14 +17,14 @@ type Range struct {
 	Offset, Length uint64
 }
 
-// ErrRangeLine reports a malformed line of a change list; Line counts from 1.
-type ErrRangeLine struct {
+// RangeLineError reports a malformed line of a change list; Line counts from 1.
+type RangeLineError struct {
 	Line int
 	Err  error
 }
 
-func (e ErrRangeLine) Error() string { return fmt.Sprintf("line %d: %v", e.Line, e.Err) }
-func (e ErrRangeLine) Unwrap() error { return e.Err }
+func (e RangeLineError) Error() string { return fmt.Sprintf("line %d: %v", e.Line, e.Err) }
+func (e RangeLineError) Unwrap() error { return e.Err }
 
 // maxLine bounds one line of a change list.
 const maxLine = 1 << 20
@@ -35,7 +35,7 @@ const maxLine = 1 << 20
 // are skipped. Ranges may overlap and come in any order. A zero length is
 // allowed and touches nothing. A malformed, negative or too large number, a
 // line that is not exactly two numbers, or a range ending past MaxBytes
-// fails with ErrRangeLine naming the line. An empty list is valid: the
+// fails with RangeLineError naming the line. An empty list is valid: the
 // update changes nothing.
 func ParseRanges(r io.Reader) ([]Range, error) {
 	sc := bufio.NewScanner(r)
@@ -54,13 +54,13 @@ func ParseRanges(r io.Reader) ([]Range, error) {
 		}
 		rg, err := parseRange(f)
 		if err != nil {
-			return nil, ErrRangeLine{Line: line, Err: err}
+			return nil, RangeLineError{Line: line, Err: err}
 		}
 		out = append(out, rg)
 	}
 	if err := sc.Err(); err != nil {
 		if errors.Is(err, bufio.ErrTooLong) {
-			return nil, ErrRangeLine{Line: line + 1, Err: fmt.Errorf("line longer than %d bytes", maxLine)}
+			return nil, RangeLineError{Line: line + 1, Err: fmt.Errorf("line longer than %d bytes", maxLine)}
 		}
 		return nil, fmt.Errorf("read line %d: %w", line+1, err)
 	}
@@ -80,7 +80,7 @@ func parseRange(f []string) (Range, error) {
 		return Range{}, fmt.Errorf("length: %w", err)
 	}
 	if n > MaxBytes-off {
-		return Range{}, ErrTooLarge{What: fmt.Sprintf("range at offset %d of length %d", off, n)}
+		return Range{}, TooLargeError{What: fmt.Sprintf("range at offset %d of length %d", off, n)}
 	}
 	return Range{Offset: off, Length: n}, nil
 }
@@ -116,12 +116,12 @@ func ParseBytes(s string) (uint64, error) {
 		hi, lo := bits.Mul64(v, 10)
 		lo, carry := bits.Add64(lo, uint64(num[i]-'0'), 0)
 		if hi != 0 || carry != 0 || lo > MaxBytes {
-			return 0, ErrTooLarge{What: fmt.Sprintf("%q", s)}
+			return 0, TooLargeError{What: fmt.Sprintf("%q", s)}
 		}
 		v = lo
 	}
 	if v > MaxBytes>>shift {
-		return 0, ErrTooLarge{What: fmt.Sprintf("%q", s)}
+		return 0, TooLargeError{What: fmt.Sprintf("%q", s)}
 	}
 	return v << shift, nil
 }
@@ -138,7 +138,7 @@ func Touched(ranges []Range, chunkBytes uint32) (uint64, error) {
 	spans := make([]span, 0, len(ranges))
 	for _, r := range ranges {
 		if r.Offset > MaxBytes || r.Length > MaxBytes-r.Offset {
-			return 0, ErrTooLarge{What: fmt.Sprintf("range at offset %d of length %d", r.Offset, r.Length)}
+			return 0, TooLargeError{What: fmt.Sprintf("range at offset %d of length %d", r.Offset, r.Length)}
 		}
 		if r.Length == 0 {
 			continue

@@ -107,9 +107,9 @@ func TestParseRangesErrors(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := ParseRanges(strings.NewReader(tt.in))
-			var le ErrRangeLine
+			var le RangeLineError
 			if !errors.As(err, &le) {
-				t.Fatalf("got %v, want ErrRangeLine", err)
+				t.Fatalf("got %v, want RangeLineError", err)
 			}
 			if le.Line != tt.line {
 				t.Errorf("got line %d, want %d (%v)", le.Line, tt.line, err)
@@ -117,8 +117,8 @@ func TestParseRangesErrors(t *testing.T) {
 			if !strings.Contains(err.Error(), fmt.Sprintf("line %d: ", tt.line)) || !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("got %q, want it to name line %d and contain %q", err, tt.line, tt.want)
 			}
-			if got := errors.As(err, new(ErrTooLarge)); got != tt.tooLarge {
-				t.Errorf("errors.As(ErrTooLarge) = %v, want %v", got, tt.tooLarge)
+			if got := errors.As(err, new(TooLargeError)); got != tt.tooLarge {
+				t.Errorf("errors.As(TooLargeError) = %v, want %v", got, tt.tooLarge)
 			}
 		})
 	}
@@ -127,8 +127,8 @@ func TestParseRangesErrors(t *testing.T) {
 func TestParseRangesReadError(t *testing.T) {
 	boom := errors.New("boom")
 	_, err := ParseRanges(iotest.ErrReader(boom))
-	if !errors.Is(err, boom) || errors.As(err, new(ErrRangeLine)) {
-		t.Errorf("got %v, want the read error, not ErrRangeLine", err)
+	if !errors.Is(err, boom) || errors.As(err, new(RangeLineError)) {
+		t.Errorf("got %v, want the read error, not RangeLineError", err)
 	}
 }
 
@@ -173,11 +173,11 @@ func TestTouched(t *testing.T) {
 			}
 		})
 	}
-	if _, err := Touched([]Range{{MaxBytes, 1}}, k); !errors.As(err, new(ErrTooLarge)) {
-		t.Errorf("range past 2^63-1: got %v, want ErrTooLarge", err)
+	if _, err := Touched([]Range{{MaxBytes, 1}}, k); !errors.As(err, new(TooLargeError)) {
+		t.Errorf("range past 2^63-1: got %v, want TooLargeError", err)
 	}
-	if _, err := Touched(nil, 1000); !errors.As(err, new(ErrChunkSize)) {
-		t.Errorf("chunk 1000: got %v, want ErrChunkSize", err)
+	if _, err := Touched(nil, 1000); !errors.As(err, new(ChunkSizeError)) {
+		t.Errorf("chunk 1000: got %v, want ChunkSizeError", err)
 	}
 }
 
@@ -218,11 +218,11 @@ func TestForRanges(t *testing.T) {
 	if err != nil || s.ChangedChunks != 0 || s.TotalChunks != 2 || s.Bytes != 16384 {
 		t.Errorf("empty list: got %+v, %v, want 2 chunks of 8 KiB", s, err)
 	}
-	if _, err := ForRanges(strings.NewReader("0 1\n"), 6000); !errors.As(err, new(ErrChunkSize)) {
-		t.Errorf("chunk 6000: got %v, want ErrChunkSize", err)
+	if _, err := ForRanges(strings.NewReader("0 1\n"), 6000); !errors.As(err, new(ChunkSizeError)) {
+		t.Errorf("chunk 6000: got %v, want ChunkSizeError", err)
 	}
-	if _, err := ForRanges(strings.NewReader("0 1\nx\n"), 4096); !errors.As(err, new(ErrRangeLine)) {
-		t.Errorf("bad line: got %v, want ErrRangeLine", err)
+	if _, err := ForRanges(strings.NewReader("0 1\nx\n"), 4096); !errors.As(err, new(RangeLineError)) {
+		t.Errorf("bad line: got %v, want RangeLineError", err)
 	}
 }
 
@@ -236,9 +236,9 @@ func FuzzParseRanges(f *testing.F) {
 	f.Fuzz(func(t *testing.T, in string) {
 		ranges, err := ParseRanges(strings.NewReader(in))
 		if err != nil {
-			var le ErrRangeLine
+			var le RangeLineError
 			if !errors.As(err, &le) || le.Line < 1 {
-				t.Fatalf("got %v, want ErrRangeLine with a line number", err)
+				t.Fatalf("got %v, want RangeLineError with a line number", err)
 			}
 			return
 		}

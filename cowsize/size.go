@@ -40,61 +40,61 @@ func (s Size) ChunkSectors() uint32 { return s.ChunkSize / SectorSize }
 // Areas is the number of exception areas in the store.
 func (s Size) Areas() uint64 { return s.MetadataChunks - headerChunks }
 
-// ErrChunkSize reports a chunk size that is not a power of two from
+// ChunkSizeError reports a chunk size that is not a power of two from
 // MinChunk to MaxChunk bytes.
-type ErrChunkSize struct {
+type ChunkSizeError struct {
 	Bytes uint64
 }
 
-func (e ErrChunkSize) Error() string {
+func (e ChunkSizeError) Error() string {
 	return fmt.Sprintf("chunk size %d bytes: want a power of two from 4 KiB to 512 KiB (4096..524288 bytes)", e.Bytes)
 }
 
-// ErrChunkBelowBlock reports a chunk size smaller than the logical block
+// ChunkBelowBlockError reports a chunk size smaller than the logical block
 // size of the device the store or the origin sits on.
-type ErrChunkBelowBlock struct {
+type ChunkBelowBlockError struct {
 	Device     string
 	ChunkBytes uint32
 	BlockBytes uint32
 }
 
-func (e ErrChunkBelowBlock) Error() string {
+func (e ChunkBelowBlockError) Error() string {
 	return fmt.Sprintf("chunk size %d bytes is smaller than the logical block size %d bytes of %q", e.ChunkBytes, e.BlockBytes, e.Device)
 }
 
-// ErrTooLarge reports a size, offset or count past MaxBytes.
-type ErrTooLarge struct {
+// TooLargeError reports a size, offset or count past MaxBytes.
+type TooLargeError struct {
 	What string // what was being computed, e.g. "store for 5 chunks of 4096 bytes"
 }
 
-func (e ErrTooLarge) Error() string { return e.What + " exceeds 2^63-1 bytes" }
+func (e TooLargeError) Error() string { return e.What + " exceeds 2^63-1 bytes" }
 
-// ErrStoreTooSmall reports a store smaller than the header and the first
+// StoreTooSmallError reports a store smaller than the header and the first
 // exception area, which every persistent store needs.
-type ErrStoreTooSmall struct {
+type StoreTooSmallError struct {
 	Bytes, MinBytes uint64
 }
 
-func (e ErrStoreTooSmall) Error() string {
+func (e StoreTooSmallError) Error() string {
 	return fmt.Sprintf("store of %d bytes is smaller than the %d bytes of header and first exception area", e.Bytes, e.MinBytes)
 }
 
-// CheckChunk returns ErrChunkSize unless chunkBytes is a power of two from
+// CheckChunk returns ChunkSizeError unless chunkBytes is a power of two from
 // MinChunk to MaxChunk. It takes a uint64 so a parsed flag can be checked
 // before it is narrowed.
 func CheckChunk(chunkBytes uint64) error {
 	if chunkBytes < MinChunk || chunkBytes > MaxChunk || bits.OnesCount64(chunkBytes) != 1 {
-		return ErrChunkSize{Bytes: chunkBytes}
+		return ChunkSizeError{Bytes: chunkBytes}
 	}
 	return nil
 }
 
-// CheckBlockSize returns ErrChunkBelowBlock when chunkBytes is smaller than
+// CheckBlockSize returns ChunkBelowBlockError when chunkBytes is smaller than
 // the logical block size of device (the caller reads it, e.g. with
 // BLKSSZGET). The kernel refuses such a snapshot.
 func CheckBlockSize(device string, chunkBytes, logicalBlockBytes uint32) error {
 	if chunkBytes < logicalBlockBytes {
-		return ErrChunkBelowBlock{Device: device, ChunkBytes: chunkBytes, BlockBytes: logicalBlockBytes}
+		return ChunkBelowBlockError{Device: device, ChunkBytes: chunkBytes, BlockBytes: logicalBlockBytes}
 	}
 	return nil
 }
@@ -104,7 +104,7 @@ func CheckBlockSize(device string, chunkBytes, logicalBlockBytes uint32) error {
 func ExceptionsPerArea(chunkBytes uint32) uint64 { return uint64(chunkBytes) / entryBytes }
 
 // ForChunks returns the exact store for n distinct changed chunks:
-// n + 2 + floor(n/E) chunks. It fails with ErrChunkSize or ErrTooLarge.
+// n + 2 + floor(n/E) chunks. It fails with ChunkSizeError or TooLargeError.
 func ForChunks(n uint64, chunkBytes uint32) (Size, error) {
 	if err := CheckChunk(uint64(chunkBytes)); err != nil {
 		return Size{}, err
@@ -122,33 +122,33 @@ func ForChunks(n uint64, chunkBytes uint32) (Size, error) {
 }
 
 func tooLarge(n uint64, chunkBytes uint32) error {
-	return ErrTooLarge{What: fmt.Sprintf("store for %d changed chunks of %d bytes", n, chunkBytes)}
+	return TooLargeError{What: fmt.Sprintf("store for %d changed chunks of %d bytes", n, chunkBytes)}
 }
 
 // chunkBytesOf returns chunks*chunkBytes or an error past MaxBytes.
 func chunkBytesOf(chunks uint64, chunkBytes uint32) (uint64, error) {
 	hi, lo := bits.Mul64(chunks, uint64(chunkBytes))
 	if hi != 0 || lo > MaxBytes {
-		return 0, ErrTooLarge{What: fmt.Sprintf("%d chunks of %d bytes", chunks, chunkBytes)}
+		return 0, TooLargeError{What: fmt.Sprintf("%d chunks of %d bytes", chunks, chunkBytes)}
 	}
 	return lo, nil
 }
 
 // Capacity returns how many distinct chunks a store of storeBytes holds:
 // the largest N with ForChunks(N).Bytes <= storeBytes. Bytes past the last
-// whole chunk are never used. It fails with ErrStoreTooSmall below two
-// chunks, ErrTooLarge past MaxBytes and ErrChunkSize.
+// whole chunk are never used. It fails with StoreTooSmallError below two
+// chunks, TooLargeError past MaxBytes and ChunkSizeError.
 func Capacity(storeBytes uint64, chunkBytes uint32) (uint64, error) {
 	if err := CheckChunk(uint64(chunkBytes)); err != nil {
 		return 0, err
 	}
 	if storeBytes > MaxBytes {
-		return 0, ErrTooLarge{What: fmt.Sprintf("store of %d bytes", storeBytes)}
+		return 0, TooLargeError{What: fmt.Sprintf("store of %d bytes", storeBytes)}
 	}
 	minChunks := uint64(headerChunks + 1)
 	chunks := storeBytes / uint64(chunkBytes)
 	if chunks < minChunks {
-		return 0, ErrStoreTooSmall{Bytes: storeBytes, MinBytes: minChunks * uint64(chunkBytes)}
+		return 0, StoreTooSmallError{Bytes: storeBytes, MinBytes: minChunks * uint64(chunkBytes)}
 	}
 	// Past the header and the first area, the chunks repeat in groups of
 	// E data chunks followed by one area: the last of each group of E+1 is
@@ -161,9 +161,9 @@ func Capacity(storeBytes uint64, chunkBytes uint32) (uint64, error) {
 
 // WithMargin returns the store size with percent headroom added to s.Bytes,
 // rounded up to whole chunks: (TotalChunks + ceil(TotalChunks*percent/100))
-// chunks. It fails with ErrTooLarge past MaxBytes.
+// chunks. It fails with TooLargeError past MaxBytes.
 func (s Size) WithMargin(percent uint64) (uint64, error) {
-	tooBig := ErrTooLarge{What: fmt.Sprintf("store of %d bytes with a %d%% margin", s.Bytes, percent)}
+	tooBig := TooLargeError{What: fmt.Sprintf("store of %d bytes with a %d%% margin", s.Bytes, percent)}
 	hi, lo := bits.Mul64(s.TotalChunks, percent)
 	if hi >= 100 {
 		return 0, tooBig

@@ -122,9 +122,9 @@ func TestForChunksTooLarge(t *testing.T) {
 			}
 			for _, n := range []uint64{limit + 1, math.MaxUint64 / uint64(c), math.MaxUint64 - 1, math.MaxUint64} {
 				_, err := ForChunks(n, c)
-				var tl ErrTooLarge
+				var tl TooLargeError
 				if !errors.As(err, &tl) {
-					t.Errorf("ForChunks(%d): got %v, want ErrTooLarge", n, err)
+					t.Errorf("ForChunks(%d): got %v, want TooLargeError", n, err)
 				}
 			}
 		})
@@ -144,20 +144,20 @@ func TestCheckChunk(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(fmt.Sprint(tt.bytes), func(t *testing.T) {
 			err := CheckChunk(tt.bytes)
-			var ce ErrChunkSize
+			var ce ChunkSizeError
 			if tt.ok && err != nil {
 				t.Errorf("got %v, want nil", err)
 			}
 			if !tt.ok && (!errors.As(err, &ce) || ce.Bytes != tt.bytes) {
-				t.Errorf("got %v, want ErrChunkSize{%d}", err, tt.bytes)
+				t.Errorf("got %v, want ChunkSizeError{%d}", err, tt.bytes)
 			}
 		})
 	}
-	if _, err := ForChunks(1, 3000); !errors.As(err, new(ErrChunkSize)) {
-		t.Errorf("ForChunks with a 3000-byte chunk: got %v, want ErrChunkSize", err)
+	if _, err := ForChunks(1, 3000); !errors.As(err, new(ChunkSizeError)) {
+		t.Errorf("ForChunks with a 3000-byte chunk: got %v, want ChunkSizeError", err)
 	}
-	if _, err := Capacity(1<<20, 1<<20); !errors.As(err, new(ErrChunkSize)) {
-		t.Errorf("Capacity with a 1 MiB chunk: got %v, want ErrChunkSize", err)
+	if _, err := Capacity(1<<20, 1<<20); !errors.As(err, new(ChunkSizeError)) {
+		t.Errorf("Capacity with a 1 MiB chunk: got %v, want ChunkSizeError", err)
 	}
 }
 
@@ -171,12 +171,12 @@ func TestCheckBlockSize(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(fmt.Sprintf("%d/%d", tt.chunk, tt.block), func(t *testing.T) {
 			err := CheckBlockSize("/dev/vdb", tt.chunk, tt.block)
-			var be ErrChunkBelowBlock
+			var be ChunkBelowBlockError
 			if tt.ok != (err == nil) {
 				t.Fatalf("got %v, want ok=%v", err, tt.ok)
 			}
 			if !tt.ok && (!errors.As(err, &be) || be.Device != "/dev/vdb" || be.BlockBytes != tt.block) {
-				t.Errorf("got %#v, want ErrChunkBelowBlock naming /dev/vdb and %d", err, tt.block)
+				t.Errorf("got %#v, want ChunkBelowBlockError naming /dev/vdb and %d", err, tt.block)
 			}
 		})
 	}
@@ -235,24 +235,24 @@ func TestCapacityRefuses(t *testing.T) {
 		bytes uint64
 		want  any
 	}{
-		{0, ErrStoreTooSmall{}},
-		{4096, ErrStoreTooSmall{}},
-		{8191, ErrStoreTooSmall{}},
-		{MaxBytes + 1, ErrTooLarge{}},
-		{math.MaxUint64, ErrTooLarge{}},
+		{0, StoreTooSmallError{}},
+		{4096, StoreTooSmallError{}},
+		{8191, StoreTooSmallError{}},
+		{MaxBytes + 1, TooLargeError{}},
+		{math.MaxUint64, TooLargeError{}},
 	}
 	for _, tt := range tests {
 		t.Run(fmt.Sprint(tt.bytes), func(t *testing.T) {
 			_, err := Capacity(tt.bytes, 4096)
 			switch tt.want.(type) {
-			case ErrStoreTooSmall:
-				var e ErrStoreTooSmall
+			case StoreTooSmallError:
+				var e StoreTooSmallError
 				if !errors.As(err, &e) || e.MinBytes != 8192 {
-					t.Errorf("got %v, want ErrStoreTooSmall with MinBytes 8192", err)
+					t.Errorf("got %v, want StoreTooSmallError with MinBytes 8192", err)
 				}
-			case ErrTooLarge:
-				if !errors.As(err, new(ErrTooLarge)) {
-					t.Errorf("got %v, want ErrTooLarge", err)
+			case TooLargeError:
+				if !errors.As(err, new(TooLargeError)) {
+					t.Errorf("got %v, want TooLargeError", err)
 				}
 			}
 		})
@@ -285,8 +285,8 @@ func TestWithMargin(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			got, err := tt.s.WithMargin(tt.percent)
 			if tt.tooBig {
-				if !errors.As(err, new(ErrTooLarge)) {
-					t.Errorf("got %d, %v, want ErrTooLarge", got, err)
+				if !errors.As(err, new(TooLargeError)) {
+					t.Errorf("got %d, %v, want TooLargeError", got, err)
 				}
 				return
 			}

@@ -37,8 +37,8 @@
 // /dev/mapper/control with the ioctls of include/uapi/linux/dm-ioctl.h
 // (https://docs.kernel.org/admin-guide/device-mapper/). Its errors name the
 // device and keep the errno, so errors.Is(err, unix.EBUSY) works, and turn
-// what a user can act on into typed errors: ErrNoDeviceMapper,
-// ErrPermission, ErrInvalidName, ErrInvalidTable, ErrUnknownTarget.
+// what a user can act on into typed errors: NoDeviceMapperError,
+// PermissionError, InvalidNameError, InvalidTableError, UnknownTargetError.
 //
 // Without udev nothing creates /dev/mapper/NAME, and since Linux 5.15 even
 // /dev/dm-N only appears after the first table load. This package makes the

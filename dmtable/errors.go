@@ -5,16 +5,16 @@ import (
 	"strings"
 )
 
-// ErrNoDeviceMapper means the kernel offers no device-mapper: there is no
+// NoDeviceMapperError means the kernel offers no device-mapper: there is no
 // /dev/mapper/control and no device-mapper driver is registered. The kernel
 // was built without CONFIG_BLK_DEV_DM, or dm-mod is a module that is not
 // loaded.
-type ErrNoDeviceMapper struct {
+type NoDeviceMapperError struct {
 	Control string // the control node that was looked for
 	Err     error  // the error opening it, if any
 }
 
-func (e ErrNoDeviceMapper) Error() string {
+func (e NoDeviceMapperError) Error() string {
 	msg := fmt.Sprintf("device-mapper is not available (no %s): the kernel lacks CONFIG_BLK_DEV_DM or the dm-mod module is not loaded (modprobe dm-mod)", e.Control)
 	if e.Err != nil {
 		msg += ": " + e.Err.Error()
@@ -22,62 +22,62 @@ func (e ErrNoDeviceMapper) Error() string {
 	return msg
 }
 
-func (e ErrNoDeviceMapper) Unwrap() error { return e.Err }
+func (e NoDeviceMapperError) Unwrap() error { return e.Err }
 
-// ErrPermission means the kernel refused a device-mapper request because the
+// PermissionError means the kernel refused a device-mapper request because the
 // caller is not privileged: device-mapper needs root (CAP_SYS_ADMIN). Err is
 // the errno (EACCES or EPERM), so errors.Is(err, os.ErrPermission) holds.
-type ErrPermission struct {
+type PermissionError struct {
 	Err error
 }
 
-func (e ErrPermission) Error() string {
+func (e PermissionError) Error() string {
 	return fmt.Sprintf("%v: device-mapper needs root (CAP_SYS_ADMIN)", e.Err)
 }
 
-func (e ErrPermission) Unwrap() error { return e.Err }
+func (e PermissionError) Unwrap() error { return e.Err }
 
-// ErrInvalidName means a device name the kernel would refuse or that could
+// InvalidNameError means a device name the kernel would refuse or that could
 // not be a node under /dev/mapper: empty, longer than 127 bytes, containing
 // '/' or NUL, or one of ".", ".." and "control".
-type ErrInvalidName struct {
+type InvalidNameError struct {
 	Name   string
 	Reason string
 }
 
-func (e ErrInvalidName) Error() string {
+func (e InvalidNameError) Error() string {
 	return fmt.Sprintf("invalid device name %q: %s", e.Name, e.Reason)
 }
 
-// ErrInvalidTable means a table failed Validate; it was not sent to the
+// InvalidTableError means a table failed Validate; it was not sent to the
 // kernel.
-type ErrInvalidTable struct {
+type InvalidTableError struct {
 	Reason string
 }
 
-func (e ErrInvalidTable) Error() string { return "invalid table: " + e.Reason }
+func (e InvalidTableError) Error() string { return "invalid table: " + e.Reason }
 
 func invalidTable(format string, args ...any) error {
-	return ErrInvalidTable{Reason: fmt.Sprintf(format, args...)}
+	return InvalidTableError{Reason: fmt.Sprintf(format, args...)}
 }
 
-// ErrUnknownTarget means the kernel refused a table because it has no
+// UnknownTargetError means the kernel refused a table because it has no
 // target of type Type, even after trying to load its module. Err is the
 // errno of the refused load (EINVAL).
-type ErrUnknownTarget struct {
+type UnknownTargetError struct {
 	Type string
 	Err  error
 }
 
-func (e ErrUnknownTarget) Error() string {
+func (e UnknownTargetError) Error() string {
 	return fmt.Sprintf("target type %q is not known to the kernel (its module: %s): %v", e.Type, e.Module(), e.Err)
 }
 
-func (e ErrUnknownTarget) Unwrap() error { return e.Err }
+func (e UnknownTargetError) Unwrap() error { return e.Err }
 
 // Module is the kernel module that provides the target type, by the kernel's
 // "dm-TYPE" naming convention; the snapshot targets share dm-snapshot.
-func (e ErrUnknownTarget) Module() string {
+func (e UnknownTargetError) Module() string {
 	switch e.Type {
 	case TypeSnapshot, TypeSnapshotOrigin, TypeSnapshotMerge:
 		return "dm-snapshot"
@@ -95,21 +95,21 @@ const (
 )
 
 // ValidateName checks a device name before it reaches the kernel. The error
-// is an ErrInvalidName.
+// is an InvalidNameError.
 func ValidateName(name string) error {
 	switch {
 	case name == "":
-		return ErrInvalidName{name, "empty"}
+		return InvalidNameError{name, "empty"}
 	case len(name) > maxNameLen:
-		return ErrInvalidName{name, fmt.Sprintf("%d bytes, longer than %d", len(name), maxNameLen)}
+		return InvalidNameError{name, fmt.Sprintf("%d bytes, longer than %d", len(name), maxNameLen)}
 	case strings.Contains(name, "/"):
-		return ErrInvalidName{name, "contains '/'"}
+		return InvalidNameError{name, "contains '/'"}
 	case strings.Contains(name, "\x00"):
-		return ErrInvalidName{name, "contains a NUL byte"}
+		return InvalidNameError{name, "contains a NUL byte"}
 	case name == "." || name == "..":
-		return ErrInvalidName{name, "not usable as a file name under /dev/mapper"}
+		return InvalidNameError{name, "not usable as a file name under /dev/mapper"}
 	case name == "control":
-		return ErrInvalidName{name, "reserved for /dev/mapper/control"}
+		return InvalidNameError{name, "reserved for /dev/mapper/control"}
 	}
 	return nil
 }

@@ -102,7 +102,7 @@ func openControl() (*control, error) {
 	if errors.Is(err, unix.ENOENT) {
 		minor, ok := miscMinor("device-mapper")
 		if !ok {
-			return nil, ErrNoDeviceMapper{Control: controlPath}
+			return nil, NoDeviceMapperError{Control: controlPath}
 		}
 		if err := os.MkdirAll(mapperDir, 0o755); err != nil {
 			return nil, fmt.Errorf("create %s: %w", mapperDir, permission(err))
@@ -117,7 +117,7 @@ func openControl() (*control, error) {
 		return &control{fd: fd}, nil
 	case errors.Is(err, unix.ENODEV), errors.Is(err, unix.ENXIO):
 		// A stale node with no driver behind it.
-		return nil, ErrNoDeviceMapper{Control: controlPath, Err: err}
+		return nil, NoDeviceMapperError{Control: controlPath, Err: err}
 	}
 	return nil, fmt.Errorf("open %s: %w", controlPath, permission(err))
 }
@@ -140,10 +140,10 @@ func miscMinor(name string) (uint32, bool) {
 	return 0, false
 }
 
-// permission turns EACCES and EPERM into ErrPermission, keeping the errno.
+// permission turns EACCES and EPERM into PermissionError, keeping the errno.
 func permission(err error) error {
 	if errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM) {
-		return ErrPermission{Err: err}
+		return PermissionError{Err: err}
 	}
 	return err
 }
@@ -428,7 +428,7 @@ func Create(name, uuid string) (Dev, error) {
 
 // Load validates t and loads it as the inactive table of name
 // (DM_TABLE_LOAD); Resume makes it live. A table the kernel refuses for a
-// target type it does not know gives an ErrUnknownTarget.
+// target type it does not know gives an UnknownTargetError.
 func Load(name string, t Table) error {
 	if err := ValidateName(name); err != nil {
 		return fmt.Errorf("load table: %w", err)
@@ -454,7 +454,7 @@ func Load(name string, t Table) error {
 	return nil
 }
 
-// unknownTarget turns a refused load into ErrUnknownTarget when the table
+// unknownTarget turns a refused load into UnknownTargetError when the table
 // uses a type the kernel still does not list (the kernel tried to load its
 // module before refusing).
 func unknownTarget(c *control, t Table, err error) error {
@@ -468,7 +468,7 @@ func unknownTarget(c *control, t Table, err error) error {
 	}
 	for _, tg := range t {
 		if !have[tg.Type] {
-			return ErrUnknownTarget{Type: tg.Type, Err: err}
+			return UnknownTargetError{Type: tg.Type, Err: err}
 		}
 	}
 	return err

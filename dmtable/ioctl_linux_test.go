@@ -342,9 +342,9 @@ func TestNoDeviceMapper(t *testing.T) {
 	for name, call := range calls {
 		t.Run(name, func(t *testing.T) {
 			err := call()
-			var e ErrNoDeviceMapper
+			var e NoDeviceMapperError
 			if !errors.As(err, &e) {
-				t.Fatalf("got %v, want ErrNoDeviceMapper", err)
+				t.Fatalf("got %v, want NoDeviceMapperError", err)
 			}
 			for _, want := range []string{"CONFIG_BLK_DEV_DM", "modprobe dm-mod", controlPath} {
 				if !strings.Contains(err.Error(), want) {
@@ -361,17 +361,17 @@ func TestRefusedBeforeKernel(t *testing.T) {
 	fakeKernel(t)
 	gap := Table{Linear(0, 8, "8:0", 0), Linear(16, 8, "8:0", 8)}
 	err := Load("data", gap)
-	var it ErrInvalidTable
+	var it InvalidTableError
 	if !errors.As(err, &it) || !strings.Contains(err.Error(), `load table for "data": invalid table: gap`) {
-		t.Errorf("Load with a gap: got %v, want ErrInvalidTable naming the device", err)
+		t.Errorf("Load with a gap: got %v, want InvalidTableError naming the device", err)
 	}
 	for _, name := range []string{"a/b", strings.Repeat("x", 128), "", ".."} {
-		var in ErrInvalidName
+		var in InvalidNameError
 		if _, err := Create(name, ""); !errors.As(err, &in) {
-			t.Errorf("Create(%q): got %v, want ErrInvalidName", name, err)
+			t.Errorf("Create(%q): got %v, want InvalidNameError", name, err)
 		}
 		if err := Remove(name); !errors.As(err, &in) {
-			t.Errorf("Remove(%q): got %v, want ErrInvalidName", name, err)
+			t.Errorf("Remove(%q): got %v, want InvalidNameError", name, err)
 		}
 	}
 	if _, err := Create("data", strings.Repeat("u", 129)); err == nil || !strings.Contains(err.Error(), "uuid") {
@@ -398,9 +398,9 @@ func TestTableByDevNotDM(t *testing.T) {
 	if err != nil || !ok || name != "data" {
 		t.Errorf("NameByDev(254:0): got %q, %v, %v, want data, true, nil", name, ok, err)
 	}
-	var e ErrNoDeviceMapper
+	var e NoDeviceMapperError
 	if _, _, err := TableByDev(254, 0); !errors.As(err, &e) {
-		t.Errorf("TableByDev(254:0) without the kernel: got %v, want ErrNoDeviceMapper", err)
+		t.Errorf("TableByDev(254:0) without the kernel: got %v, want NoDeviceMapperError", err)
 	}
 	// /dev/sda is not a block node in the fake tree: PathByDev says so.
 	must(t, os.MkdirAll(filepath.Join(dir, "dev"), 0o755))
@@ -445,8 +445,8 @@ func TestErrorTexts(t *testing.T) {
 	}{
 		{fmt.Errorf("create device %q: %w", "data-cow", permission(unix.EBUSY)), `create device "data-cow": device or resource busy`, unix.EBUSY},
 		{fmt.Errorf("open x: %w", permission(unix.EACCES)), "open x: permission denied: device-mapper needs root (CAP_SYS_ADMIN)", os.ErrPermission},
-		{ErrUnknownTarget{Type: "snapshot", Err: unix.EINVAL}, `target type "snapshot" is not known to the kernel (its module: dm-snapshot): invalid argument`, unix.EINVAL},
-		{ErrUnknownTarget{Type: "foo", Err: unix.EINVAL}, `(its module: dm-foo)`, unix.EINVAL},
+		{UnknownTargetError{Type: "snapshot", Err: unix.EINVAL}, `target type "snapshot" is not known to the kernel (its module: dm-snapshot): invalid argument`, unix.EINVAL},
+		{UnknownTargetError{Type: "foo", Err: unix.EINVAL}, `(its module: dm-foo)`, unix.EINVAL},
 	} {
 		if !strings.Contains(c.err.Error(), c.want) {
 			t.Errorf("got %q, want it to contain %q", c.err, c.want)
@@ -455,9 +455,9 @@ func TestErrorTexts(t *testing.T) {
 			t.Errorf("%q: errors.Is(%v) is false", c.err, c.is)
 		}
 	}
-	var p ErrPermission
+	var p PermissionError
 	if !errors.As(fmt.Errorf("x: %w", permission(unix.EPERM)), &p) {
-		t.Error("EPERM is not an ErrPermission")
+		t.Error("EPERM is not an PermissionError")
 	}
 }
 

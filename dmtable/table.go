@@ -52,7 +52,7 @@ func (t Table) Sectors() uint64 {
 // no empty target, no gap and no overlap, the first target at sector 0, type
 // names the kernel can hold, and, for the target types this package knows
 // (linear, snapshot-origin, snapshot, snapshot-merge), well-formed parameters.
-// The error is an ErrInvalidTable.
+// The error is an InvalidTableError.
 func (t Table) Validate() error {
 	if len(t) == 0 {
 		return invalidTable("table is empty")

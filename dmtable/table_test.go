@@ -49,9 +49,9 @@ func TestValidate(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Fatalf("got error %v, want one containing %q", err, tt.wantErr)
 			}
-			var it ErrInvalidTable
+			var it InvalidTableError
 			if !errors.As(err, &it) {
-				t.Fatalf("got %T, want ErrInvalidTable", err)
+				t.Fatalf("got %T, want InvalidTableError", err)
 			}
 		})
 	}
@@ -136,9 +136,9 @@ func TestValidateName(t *testing.T) {
 			if (err == nil) != tt.ok {
 				t.Fatalf("got %v, want ok=%v", err, tt.ok)
 			}
-			var e ErrInvalidName
+			var e InvalidNameError
 			if err != nil && !errors.As(err, &e) {
-				t.Fatalf("got %T, want ErrInvalidName", err)
+				t.Fatalf("got %T, want InvalidNameError", err)
 			}
 		})
 	}

@@ -567,7 +567,7 @@ func TestDMBadInput(t *testing.T) {
 	t.Run("unknown target", func(t *testing.T) {
 		err := dmtable.Load(name, dmtable.Table{{Start: 0, Length: 8, Type: "no-such-tgt", Params: "x"}})
 		t.Logf("got: %v", err)
-		var ut dmtable.ErrUnknownTarget
+		var ut dmtable.UnknownTargetError
 		if !errors.As(err, &ut) || ut.Type != "no-such-tgt" || !errors.Is(err, unix.EINVAL) {
 			t.Fatalf("got %v, want ErrUnknownTarget{no-such-tgt} wrapping EINVAL", err)
 		}
@@ -579,7 +579,7 @@ func TestDMBadInput(t *testing.T) {
 	t.Run("missing device in table", func(t *testing.T) {
 		err := dmtable.Load(name, dmtable.Table{dmtable.Linear(0, 8, "/dev/no-such-disk", 0)})
 		t.Logf("got: %v", err)
-		var ut dmtable.ErrUnknownTarget
+		var ut dmtable.UnknownTargetError
 		if err == nil || errors.As(err, &ut) {
 			t.Fatalf("got %v, want a kernel error that is not ErrUnknownTarget", err)
 		}
@@ -589,7 +589,7 @@ func TestDMBadInput(t *testing.T) {
 		before := strings.Count(run(t, "dmesg"), "Gap in table")
 		err := dmtable.Load(name, dmtable.Table{dmtable.Linear(0, 8, ubd(0), 0), dmtable.Linear(16, 8, ubd(0), 8)})
 		t.Logf("got: %v", err)
-		var it dmtable.ErrInvalidTable
+		var it dmtable.InvalidTableError
 		if !errors.As(err, &it) || !strings.Contains(err.Error(), "gap") {
 			t.Fatalf("got %v, want ErrInvalidTable about the gap", err)
 		}
@@ -602,7 +602,7 @@ func TestDMBadInput(t *testing.T) {
 	t.Run("names", func(t *testing.T) {
 		for _, bad := range []string{"a/b", strings.Repeat("n", 128), ".."} {
 			_, err := dmtable.Create(bad, "")
-			var in dmtable.ErrInvalidName
+			var in dmtable.InvalidNameError
 			if !errors.As(err, &in) {
 				t.Fatalf("Create(%q): got %v, want ErrInvalidName", bad, err)
 			}

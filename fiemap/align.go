@@ -72,9 +72,9 @@ func deviceLimits(sysBlock string, major, minor uint32) (Limits, error) {
 	return l, nil
 }
 
-// ErrMisaligned reports a store extent or segment that does not start or
+// MisalignedError reports a store extent or segment that does not start or
 // end on a multiple of a required alignment.
-type ErrMisaligned struct {
+type MisalignedError struct {
 	Path    string
 	Logical uint64 // byte offset in the file of the misaligned run
 	Offset  uint64 // its byte offset on Dev
@@ -84,7 +84,7 @@ type ErrMisaligned struct {
 	What    string // what requires it: "the logical block size", "the chunk size"
 }
 
-func (e ErrMisaligned) Error() string {
+func (e MisalignedError) Error() string {
 	return fmt.Sprintf("store %q: the run at file byte %d (%d bytes at byte %d of %s) is not a multiple of %s (%d bytes): the kernel would refuse or corrupt I/O to it; re-create the store (snapctl allocates whole blocks) or choose a chunk size the filesystem's block size is a multiple of",
 		e.Path, e.Logical, e.Length, e.Offset, e.Dev, e.What, e.Align)
 }
@@ -92,7 +92,7 @@ func (e ErrMisaligned) Error() string {
 // CheckAlignment checks that every extent and every segment of a store
 // starts (in the file and on its device) and ends on a multiple of the
 // logical block size of lim and of chunk bytes (0: no chunk requirement).
-// It returns ErrMisaligned for the first run that does not. Runs that are
+// It returns MisalignedError for the first run that does not. Runs that are
 // not multiples of the physical block size or of io_min are only slower:
 // they come back as warnings, one per kind.
 func CheckAlignment(path string, fsDev string, exts []Extent, segs []Segment, lim Limits, chunk uint64) (warnings []string, err error) {
@@ -120,7 +120,7 @@ func CheckAlignment(path string, fsDev string, exts []Extent, segs []Segment, li
 	} {
 		for _, r := range runs {
 			if !aligned(r, req.a) {
-				return nil, ErrMisaligned{Path: path, Logical: r.logical, Offset: r.offset, Dev: r.dev, Length: r.length, Align: req.a, What: req.what}
+				return nil, MisalignedError{Path: path, Logical: r.logical, Offset: r.offset, Dev: r.dev, Length: r.length, Align: req.a, What: req.what}
 			}
 		}
 	}

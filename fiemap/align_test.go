@@ -45,9 +45,9 @@ func TestCheckAlignment(t *testing.T) {
 				}
 				return
 			}
-			var m ErrMisaligned
+			var m MisalignedError
 			if !errors.As(err, &m) {
-				t.Fatalf("got %v, want ErrMisaligned", err)
+				t.Fatalf("got %v, want MisalignedError", err)
 			}
 			if m.Align != tt.wantAlign || !strings.Contains(m.What, tt.wantWhat) || m.Path != "/s" {
 				t.Errorf("got %+v, want align %d (%s)", m, tt.wantAlign, tt.wantWhat)
@@ -118,9 +118,9 @@ func TestCheckFSType(t *testing.T) {
 				}
 				return
 			}
-			var u ErrUnsupportedFS
+			var u UnsupportedFSError
 			if !errors.As(err, &u) {
-				t.Fatalf("got %v, want ErrUnsupportedFS", err)
+				t.Fatalf("got %v, want UnsupportedFSError", err)
 			}
 			if !strings.Contains(u.Type, tt.name) || u.Path != "/x/store" || !strings.Contains(u.Error(), tt.says) {
 				t.Errorf("got %+v: %v; want type %s and a reason with %q", u, u, tt.name, tt.says)

@@ -13,60 +13,60 @@ import (
 // AllocateOptions tune Allocate.
 type AllocateOptions struct {
 	// Overwrite replaces an existing regular file at the path (it is
-	// removed as Remove does). Without it an existing file is ErrExists.
+	// removed as Remove does). Without it an existing file is ExistsError.
 	Overwrite bool
 	// ChunkSize, when not 0, is the snapshot chunk size in bytes; the
 	// store size must be a multiple of it.
 	ChunkSize uint64
 }
 
-// ErrSize reports a store size Allocate refuses.
-type ErrSize struct {
+// SizeError reports a store size Allocate refuses.
+type SizeError struct {
 	Path     string
 	Size     uint64
 	Multiple uint64 // the size must be a multiple of this (0: must not be 0)
 	What     string // what Multiple is: "512-byte sectors", "the chunk size"
 }
 
-func (e ErrSize) Error() string {
+func (e SizeError) Error() string {
 	if e.Multiple == 0 {
 		return fmt.Sprintf("allocate %q: size %d: %s", e.Path, e.Size, e.What)
 	}
 	return fmt.Sprintf("allocate %q: size %d is not a multiple of %s (%d bytes)", e.Path, e.Size, e.What, e.Multiple)
 }
 
-// ErrSymlink reports a symbolic link on the store's path, below the mount
+// SymlinkError reports a symbolic link on the store's path, below the mount
 // point of the store's filesystem (or the store itself). Anyone who can
 // change such a link can redirect where the store is created or which file
 // is mapped.
-type ErrSymlink struct {
+type SymlinkError struct {
 	Path string // the store path as given
 	Link string // the component that is a symlink
 }
 
-func (e ErrSymlink) Error() string {
+func (e SymlinkError) Error() string {
 	return fmt.Sprintf("store path %q: %q is a symbolic link: a store path must not go through symlinks on the store's filesystem; give the resolved path", e.Path, e.Link)
 }
 
-// ErrExists reports that the store file already exists. errors.Is(err,
+// ExistsError reports that the store file already exists. errors.Is(err,
 // fs.ErrExist) holds.
-type ErrExists struct{ Path string }
+type ExistsError struct{ Path string }
 
-func (e ErrExists) Error() string {
+func (e ExistsError) Error() string {
 	return fmt.Sprintf("allocate %q: file exists; remove it or allow overwriting it", e.Path)
 }
 
 // Is makes errors.Is(err, fs.ErrExist) true.
-func (e ErrExists) Is(target error) bool { return target == fs.ErrExist }
+func (e ExistsError) Is(target error) bool { return target == fs.ErrExist }
 
-// ErrNoSpace reports too little free space for the store.
-type ErrNoSpace struct {
+// NoSpaceError reports too little free space for the store.
+type NoSpaceError struct {
 	Path      string
 	Needed    uint64 // bytes
 	Available uint64 // bytes free for the store (including a replaced file)
 }
 
-func (e ErrNoSpace) Error() string {
+func (e NoSpaceError) Error() string {
 	return fmt.Sprintf("allocate %q: need %d bytes (%s) but only %d bytes (%s) are available on its filesystem; free space or choose a smaller store",
 		e.Path, e.Needed, human(e.Needed), e.Available, human(e.Available))
 }
@@ -86,7 +86,7 @@ func human(n uint64) string {
 }
 
 // checkPath refuses a store path that goes through a symbolic link on the
-// filesystem the store lives on (ErrSymlink), or is itself one. Links on
+// filesystem the store lives on (SymlinkError), or is itself one. Links on
 // other filesystems (above the mount point, e.g. /var -> /data/var with the
 // store under /data) are allowed. fsDev is the st_dev of the store's
 // directory. Components that do not exist yet end the check.
@@ -111,7 +111,7 @@ func checkPath(path string, fsDev uint64) error {
 		}
 		// The link's own st_dev is the filesystem its directory is on.
 		if st.symlink && st.dev == fsDev {
-			return ErrSymlink{Path: path, Link: cur}
+			return SymlinkError{Path: path, Link: cur}
 		}
 	}
 	return nil
@@ -120,10 +120,10 @@ func checkPath(path string, fsDev uint64) error {
 // Allocate creates the store file at path with size bytes, all allocated
 // (fallocate mode 0: no holes), and returns it open for reading and
 // writing. It refuses a size that is 0 or not a multiple of 512 bytes (or of
-// opts.ChunkSize) with ErrSize, a filesystem other than ext4, xfs and f2fs
-// with ErrUnsupportedFS, a symlink on the path below the mount point with
-// ErrSymlink, an existing file with ErrExists unless opts.Overwrite, and too
-// little free space with ErrNoSpace. The file is created with O_CREAT|O_EXCL|
+// opts.ChunkSize) with SizeError, a filesystem other than ext4, xfs and f2fs
+// with UnsupportedFSError, a symlink on the path below the mount point with
+// SymlinkError, an existing file with ExistsError unless opts.Overwrite, and too
+// little free space with NoSpaceError. The file is created with O_CREAT|O_EXCL|
 // O_NOFOLLOW, mode 0600. On f2fs it is pinned (F2FS_IOC_SET_PIN_FILE) while
 // still empty, so the blocks fallocate gives it are never moved by f2fs's
 // garbage collector. The file and its directory are fsynced. On any error
@@ -135,13 +135,13 @@ func checkPath(path string, fsDev uint64) error {
 func Allocate(path string, size uint64, opts AllocateOptions) (_ *os.File, err error) {
 	switch {
 	case size == 0:
-		return nil, ErrSize{Path: path, Size: size, What: "a store cannot be empty"}
+		return nil, SizeError{Path: path, Size: size, What: "a store cannot be empty"}
 	case size%SectorSize != 0:
-		return nil, ErrSize{Path: path, Size: size, Multiple: SectorSize, What: "512-byte sectors"}
+		return nil, SizeError{Path: path, Size: size, Multiple: SectorSize, What: "512-byte sectors"}
 	case opts.ChunkSize != 0 && size%opts.ChunkSize != 0:
-		return nil, ErrSize{Path: path, Size: size, Multiple: opts.ChunkSize, What: "the chunk size"}
+		return nil, SizeError{Path: path, Size: size, Multiple: opts.ChunkSize, What: "the chunk size"}
 	case size > math.MaxInt64:
-		return nil, ErrSize{Path: path, Size: size, What: "larger than 2^63-1 bytes"}
+		return nil, SizeError{Path: path, Size: size, What: "larger than 2^63-1 bytes"}
 	}
 	abs, err := filepath.Abs(path)
 	if err != nil {
@@ -157,7 +157,7 @@ func Allocate(path string, size uint64, opts AllocateOptions) (_ *os.File, err e
 		return nil, fmt.Errorf("allocate %q: %w", path, err)
 	}
 	if err := checkPath(abs, dst.dev); err != nil {
-		var s ErrSymlink
+		var s SymlinkError
 		if errors.As(err, &s) {
 			s.Path = path
 			return nil, s
@@ -166,7 +166,7 @@ func Allocate(path string, size uint64, opts AllocateOptions) (_ *os.File, err e
 	}
 	fsys, err := statFS(d)
 	if err != nil {
-		var u ErrUnsupportedFS
+		var u UnsupportedFSError
 		if errors.As(err, &u) {
 			u.Path = path
 			return nil, u
@@ -178,7 +178,7 @@ func Allocate(path string, size uint64, opts AllocateOptions) (_ *os.File, err e
 	exists := err == nil
 	switch {
 	case exists && !opts.Overwrite:
-		return nil, ErrExists{Path: path}
+		return nil, ExistsError{Path: path}
 	case exists && !old.regular:
 		return nil, fmt.Errorf("allocate %q: it exists and is not a regular file; refusing to replace it", path)
 	case exists:
@@ -191,7 +191,7 @@ func Allocate(path string, size uint64, opts AllocateOptions) (_ *os.File, err e
 		return nil, fmt.Errorf("allocate %q: %w", path, err)
 	}
 	if avail+reclaim < size {
-		return nil, ErrNoSpace{Path: path, Needed: size, Available: avail + reclaim}
+		return nil, NoSpaceError{Path: path, Needed: size, Available: avail + reclaim}
 	}
 	if exists {
 		if err := Remove(abs); err != nil {
@@ -202,7 +202,7 @@ func Allocate(path string, size uint64, opts AllocateOptions) (_ *os.File, err e
 	f, err := os.OpenFile(abs, os.O_RDWR|os.O_CREATE|os.O_EXCL|oNoFollow|oCloExec, 0o600)
 	if err != nil {
 		if errors.Is(err, fs.ErrExist) {
-			return nil, ErrExists{Path: path}
+			return nil, ExistsError{Path: path}
 		}
 		return nil, fmt.Errorf("allocate %q: %w", path, err)
 	}
@@ -249,7 +249,7 @@ func checkNotRealtime(f *os.File) error {
 		return err
 	}
 	if x.Xflags&FS_XFLAG_REALTIME != 0 {
-		return ErrUnsupportedFS{Path: f.Name(), Type: "xfs (realtime file)", Reason: "the file's data is on the XFS realtime device, not on the filesystem's main block device; put the store in a directory without the rtinherit flag"}
+		return UnsupportedFSError{Path: f.Name(), Type: "xfs (realtime file)", Reason: "the file's data is on the XFS realtime device, not on the filesystem's main block device; put the store in a directory without the rtinherit flag"}
 	}
 	return nil
 }
@@ -355,7 +355,7 @@ func Remove(path string) error {
 }
 
 // CheckStorePath refuses, before anything is created, a store path that goes
-// through a symbolic link on the store's filesystem or is one (ErrSymlink),
+// through a symbolic link on the store's filesystem or is one (SymlinkError),
 // as Allocate would.
 func CheckStorePath(path string) error {
 	abs, err := filepath.Abs(path)
@@ -372,7 +372,7 @@ func CheckStorePath(path string) error {
 		return fmt.Errorf("store path %q: %w", path, err)
 	}
 	if err := checkPath(abs, dst.dev); err != nil {
-		var s ErrSymlink
+		var s SymlinkError
 		if errors.As(err, &s) {
 			s.Path = path
 			return s

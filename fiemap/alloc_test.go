@@ -22,7 +22,7 @@ func storeDir(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
 	if _, err := StatFS(dir); err != nil {
-		var u ErrUnsupportedFS
+		var u UnsupportedFSError
 		if errors.As(err, &u) {
 			t.Skipf("%s is on %s; set TMPDIR to a directory on ext4, xfs or f2fs to run this test", dir, u.Type)
 		}
@@ -43,9 +43,9 @@ func TestAllocateRefusesSize(t *testing.T) {
 	} {
 		p := filepath.Join(dir, "store")
 		_, err := Allocate(p, tt.size, AllocateOptions{ChunkSize: tt.chunk})
-		var e ErrSize
+		var e SizeError
 		if !errors.As(err, &e) {
-			t.Fatalf("size %d: got %v, want ErrSize", tt.size, err)
+			t.Fatalf("size %d: got %v, want SizeError", tt.size, err)
 		}
 		if e.Multiple != tt.multiple || e.Size != tt.size {
 			t.Errorf("size %d: got %+v, want multiple %d", tt.size, e, tt.multiple)
@@ -80,9 +80,9 @@ func TestAllocateRefusesSymlinks(t *testing.T) {
 		{filepath.Join(dir, "link", "store-link"), filepath.Join(dir, "link"), AllocateOptions{Overwrite: true}},
 	} {
 		_, err := Allocate(tt.path, 1<<20, tt.opts)
-		var s ErrSymlink
+		var s SymlinkError
 		if !errors.As(err, &s) {
-			t.Fatalf("%s: got %v, want ErrSymlink", tt.path, err)
+			t.Fatalf("%s: got %v, want SymlinkError", tt.path, err)
 		}
 		if s.Link != tt.link || s.Path != tt.path || !strings.Contains(s.Error(), tt.link) {
 			t.Errorf("%s: got %+v, want link %s", tt.path, s, tt.link)
@@ -96,28 +96,28 @@ func TestAllocateRefusesSymlinks(t *testing.T) {
 	}
 	// Map refuses them too.
 	_, err := Map(filepath.Join(real, "store-link"), fakeStack{}.lookup, MapOptions{})
-	var s ErrSymlink
+	var s SymlinkError
 	if !errors.As(err, &s) {
-		t.Errorf("Map of a symlink: got %v, want ErrSymlink", err)
+		t.Errorf("Map of a symlink: got %v, want SymlinkError", err)
 	}
 	_, err = Map(filepath.Join(dir, "link", "target"), fakeStack{}.lookup, MapOptions{})
 	if !errors.As(err, &s) || s.Link != filepath.Join(dir, "link") {
-		t.Errorf("Map through a symlinked directory: got %v, want ErrSymlink naming %s", err, filepath.Join(dir, "link"))
+		t.Errorf("Map through a symlinked directory: got %v, want SymlinkError naming %s", err, filepath.Join(dir, "link"))
 	}
 }
 
 func TestRefusesUnsupportedFS(t *testing.T) {
 	// /proc/version is a regular file on proc.
 	_, err := Map("/proc/version", fakeStack{}.lookup, MapOptions{})
-	var u ErrUnsupportedFS
+	var u UnsupportedFSError
 	if !errors.As(err, &u) || u.Type != "proc" || u.Path != "/proc/version" {
-		t.Errorf("Map /proc/version: got %v, want ErrUnsupportedFS for proc", err)
+		t.Errorf("Map /proc/version: got %v, want UnsupportedFSError for proc", err)
 	}
 	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
 		if fsys, err := StatFS("/dev/shm"); errors.As(err, &u) && fsys.Magic == TMPFS_MAGIC {
 			_, err := Allocate(filepath.Join("/dev/shm", "snapctl-test-store"), 1<<20, AllocateOptions{})
 			if !errors.As(err, &u) || u.Type != "tmpfs" {
-				t.Errorf("Allocate on tmpfs: got %v, want ErrUnsupportedFS for tmpfs", err)
+				t.Errorf("Allocate on tmpfs: got %v, want UnsupportedFSError for tmpfs", err)
 			}
 			if _, err := os.Lstat("/dev/shm/snapctl-test-store"); err == nil {
 				os.Remove("/dev/shm/snapctl-test-store")
@@ -135,7 +135,7 @@ func TestAllocateExisting(t *testing.T) {
 	}
 	_, err := Allocate(p, 1<<20, AllocateOptions{})
 	if !errors.Is(err, fs.ErrExist) {
-		t.Fatalf("got %v, want ErrExists", err)
+		t.Fatalf("got %v, want ExistsError", err)
 	}
 	if b, _ := os.ReadFile(p); string(b) != "old" {
 		t.Errorf("existing file changed to %q", b)
@@ -154,9 +154,9 @@ func TestAllocateNoSpace(t *testing.T) {
 	dir := storeDir(t)
 	p := filepath.Join(dir, "store")
 	_, err := Allocate(p, 1<<62, AllocateOptions{})
-	var e ErrNoSpace
+	var e NoSpaceError
 	if !errors.As(err, &e) {
-		t.Fatalf("got %v, want ErrNoSpace", err)
+		t.Fatalf("got %v, want NoSpaceError", err)
 	}
 	if e.Needed != 1<<62 || e.Available == 0 || !strings.Contains(e.Error(), "4.0 EiB") {
 		t.Errorf("got %+v: %v", e, e)
@@ -290,9 +290,9 @@ func TestMapHost(t *testing.T) {
 	// The host's own device is (normally) a raw disk: a direct mount.
 	if _, ok, _ := dmtable.TableByDev(fsys.Major, fsys.Minor); !ok {
 		_, err := Map(p, dmtable.TableByDev, MapOptions{Limits: limits})
-		var dm ErrDirectMount
+		var dm DirectMountError
 		if !errors.As(err, &dm) || dm.Path != p || dm.Dev != fsys.Dev {
-			t.Errorf("got %v, want ErrDirectMount for %s on %s", err, p, fsys.Dev)
+			t.Errorf("got %v, want DirectMountError for %s on %s", err, p, fsys.Dev)
 		}
 	}
 
@@ -325,13 +325,13 @@ func TestMapHost(t *testing.T) {
 	moved := append([]Segment(nil), m.Segments...)
 	moved[0].DevOffset += 8
 	_, err = Revalidate(p, moved, stack.lookup)
-	var mm ErrMismatch
+	var mm MismatchError
 	if !errors.As(err, &mm) || mm.Index != 0 || mm.Path != p {
-		t.Errorf("revalidate moved store: got %v, want ErrMismatch at segment 0", err)
+		t.Errorf("revalidate moved store: got %v, want MismatchError at segment 0", err)
 	}
 	_, err = Revalidate(p, append(m.Segments, Segment{Logical: 1 << 20, Dev: "7:0", Length: 8}), stack.lookup)
 	if !errors.As(err, &mm) || mm.Now != nil || mm.Index != len(m.Segments) {
-		t.Errorf("revalidate with a missing segment: got %v, want ErrMismatch with Now nil", err)
+		t.Errorf("revalidate with a missing segment: got %v, want MismatchError with Now nil", err)
 	}
 
 	// A file with a hole is refused with the hole's place.
@@ -344,9 +344,9 @@ func TestMapHost(t *testing.T) {
 	sf.WriteAt(make([]byte, 4096), 1<<20)
 	sf.Close()
 	_, err = Map(sparse, stack.lookup, MapOptions{Limits: limits})
-	var h ErrHole
+	var h HoleError
 	if !errors.As(err, &h) || h.Offset != 4096 || h.Length != 1<<20-4096 {
-		t.Errorf("sparse file: got %v, want ErrHole at 4096", err)
+		t.Errorf("sparse file: got %v, want HoleError at 4096", err)
 	}
 }
 

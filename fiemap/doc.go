@@ -50,7 +50,7 @@
 // a device-mapper device. Any other target type is refused: beneath `crypt`
 // the store would be written unencrypted, beneath `snapshot-origin` it
 // would be copied on write into itself. A filesystem mounted directly on a
-// disk or partition gets ErrDirectMount, which names the fallback: a loop
+// disk or partition gets DirectMountError, which names the fallback: a loop
 // device with direct I/O over the file (--backend loop).
 //
 // Every run must start and end on a multiple of the devices' logical block

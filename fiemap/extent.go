@@ -22,50 +22,50 @@ type rawExtent = Extent
 // longer one means the file is too fragmented to be worth mapping.
 const DefaultMaxExtents = 50000
 
-// ErrExtentFlag reports an extent whose flags make it unusable as raw
+// ExtentFlagError reports an extent whose flags make it unusable as raw
 // storage.
-type ErrExtentFlag struct {
+type ExtentFlagError struct {
 	Path    string
 	Logical uint64 // byte offset of the extent in the file
 	Length  uint64
 	Flag    Flags // the offending flag
 }
 
-func (e ErrExtentFlag) Error() string {
+func (e ExtentFlagError) Error() string {
 	_, reason, _ := checkFlags(e.Flag)
 	return fmt.Sprintf("file %q: extent at byte %d (%d bytes) is %s: %s; a store must be a plain, fully allocated file (create it with snapctl)",
 		e.Path, e.Logical, e.Length, flagName(e.Flag), reason)
 }
 
-// ErrHole reports a part of the file that has no blocks: a hole, or a
+// HoleError reports a part of the file that has no blocks: a hole, or a
 // region past the last extent.
-type ErrHole struct {
+type HoleError struct {
 	Path   string
 	Offset uint64 // first byte of the hole
 	Length uint64 // bytes
 }
 
-func (e ErrHole) Error() string {
+func (e HoleError) Error() string {
 	return fmt.Sprintf("file %q has a hole at bytes %d-%d (%d bytes without blocks): a store must be fully allocated from byte 0 to its size (create it with snapctl, which uses fallocate)",
 		e.Path, e.Offset, e.Offset+e.Length-1, e.Length)
 }
 
-// ErrTooFragmented reports a file with more merged extents than the cap.
-type ErrTooFragmented struct {
+// TooFragmentedError reports a file with more merged extents than the cap.
+type TooFragmentedError struct {
 	Path    string
 	Extents int // extents seen before giving up (at least Max+1)
 	Max     int
 }
 
-func (e ErrTooFragmented) Error() string {
+func (e TooFragmentedError) Error() string {
 	return fmt.Sprintf("file %q is too fragmented: more than %d extents (the limit); free space on its filesystem is scattered: delete and re-create the store after freeing space, or put it on another filesystem",
 		e.Path, e.Max)
 }
 
-// ErrEmpty reports a file of size 0: nothing to map.
-type ErrEmpty struct{ Path string }
+// EmptyError reports a file of size 0: nothing to map.
+type EmptyError struct{ Path string }
 
-func (e ErrEmpty) Error() string { return fmt.Sprintf("file %q is empty: nothing to map", e.Path) }
+func (e EmptyError) Error() string { return fmt.Sprintf("file %q is empty: nothing to map", e.Path) }
 
 // builder validates extents as FIEMAP returns them, in logical order, and
 // merges the contiguous ones. It keeps only the merged list, so memory is
@@ -102,7 +102,7 @@ func (b *builder) add(e Extent) error {
 		return nil
 	}
 	if bad, _, ok := checkFlags(e.Flags); !ok {
-		return ErrExtentFlag{Path: b.path, Logical: e.Logical, Length: e.Length, Flag: bad}
+		return ExtentFlagError{Path: b.path, Logical: e.Logical, Length: e.Length, Flag: bad}
 	}
 	if e.Length == 0 {
 		return fmt.Errorf("file %q: extent at byte %d has length 0", b.path, e.Logical)
@@ -112,7 +112,7 @@ func (b *builder) add(e Extent) error {
 	}
 	switch {
 	case e.Logical > b.next:
-		return ErrHole{Path: b.path, Offset: b.next, Length: e.Logical - b.next}
+		return HoleError{Path: b.path, Offset: b.next, Length: e.Logical - b.next}
 	case e.Logical < b.next:
 		return fmt.Errorf("file %q: extent at byte %d overlaps the previous one, which ends at byte %d", b.path, e.Logical, b.next)
 	}
@@ -130,7 +130,7 @@ func (b *builder) add(e Extent) error {
 		}
 	}
 	if len(b.out) >= b.max {
-		return ErrTooFragmented{Path: b.path, Extents: len(b.out) + 1, Max: b.max}
+		return TooFragmentedError{Path: b.path, Extents: len(b.out) + 1, Max: b.max}
 	}
 	b.out = append(b.out, e)
 	return nil
@@ -139,19 +139,19 @@ func (b *builder) add(e Extent) error {
 // finish checks that the extents covered the whole file.
 func (b *builder) finish() ([]Extent, error) {
 	if b.end == 0 {
-		return nil, ErrEmpty{Path: b.path}
+		return nil, EmptyError{Path: b.path}
 	}
 	if b.next < b.end {
-		return nil, ErrHole{Path: b.path, Offset: b.next, Length: b.end - b.next}
+		return nil, HoleError{Path: b.path, Offset: b.next, Length: b.end - b.next}
 	}
 	return b.out, nil
 }
 
 // Normalize validates raw FIEMAP extents of a file of size bytes and merges
 // the contiguous ones (adjacent both in the file and on the device). It
-// refuses extents with flags that rule out a raw mapping (ErrExtentFlag),
-// holes and a short mapping (ErrHole), overlaps, and more than max merged
-// extents (ErrTooFragmented; max <= 0 means DefaultMaxExtents). The result
+// refuses extents with flags that rule out a raw mapping (ExtentFlagError),
+// holes and a short mapping (HoleError), overlaps, and more than max merged
+// extents (TooFragmentedError; max <= 0 means DefaultMaxExtents). The result
 // covers [0, size) exactly, with size rounded up to a 512-byte sector;
 // extents past it are dropped and the last one is clipped. raw must be in
 // logical order, as FIEMAP returns it.

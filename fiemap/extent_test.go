@@ -64,9 +64,9 @@ func TestFlagValidation(t *testing.T) {
 				}
 				return
 			}
-			var fe ErrExtentFlag
+			var fe ExtentFlagError
 			if !errors.As(err, &fe) {
-				t.Fatalf("got %v, want ErrExtentFlag", err)
+				t.Fatalf("got %v, want ExtentFlagError", err)
 			}
 			if fe.Flag != tt.bad || fe.Path != "/s" || fe.Logical != 0 {
 				t.Errorf("got %+v, want flag %v at /s byte 0", fe, tt.bad)
@@ -168,9 +168,9 @@ func TestNormalizeHoles(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := Normalize("/s", tt.raw, tt.size, 0)
-			var h ErrHole
+			var h HoleError
 			if !errors.As(err, &h) {
-				t.Fatalf("got %v, want ErrHole", err)
+				t.Fatalf("got %v, want HoleError", err)
 			}
 			if h.Offset != tt.off || h.Length != tt.length || h.Path != "/s" {
 				t.Errorf("got hole %+v, want %d bytes at %d of /s", h, tt.length, tt.off)
@@ -185,9 +185,9 @@ func TestNormalizeHoles(t *testing.T) {
 	})
 	t.Run("empty file", func(t *testing.T) {
 		_, err := Normalize("/s", nil, 0, 0)
-		var e ErrEmpty
+		var e EmptyError
 		if !errors.As(err, &e) {
-			t.Fatalf("got %v, want ErrEmpty", err)
+			t.Fatalf("got %v, want EmptyError", err)
 		}
 	})
 	t.Run("zero length extent", func(t *testing.T) {
@@ -215,9 +215,9 @@ func TestNormalizeCap(t *testing.T) {
 		t.Fatalf("10 extents with cap 10: got %d, %v; want 10, nil", len(got), err)
 	}
 	_, err := Normalize("/s", frag(11), 11*4096, 10)
-	var tf ErrTooFragmented
+	var tf TooFragmentedError
 	if !errors.As(err, &tf) {
-		t.Fatalf("11 extents with cap 10: got %v, want ErrTooFragmented", err)
+		t.Fatalf("11 extents with cap 10: got %v, want TooFragmentedError", err)
 	}
 	if tf.Max != 10 || tf.Extents != 11 || !strings.Contains(tf.Error(), "fragmented") {
 		t.Errorf("got %+v (%v), want Max 10, Extents 11", tf, tf)

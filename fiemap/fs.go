@@ -23,14 +23,14 @@ type FS struct {
 	Minor uint32 `json:"minor"`
 }
 
-// ErrUnsupportedFS reports a filesystem a store cannot live on.
-type ErrUnsupportedFS struct {
+// UnsupportedFSError reports a filesystem a store cannot live on.
+type UnsupportedFSError struct {
 	Path   string
 	Type   string // filesystem name, or its magic number in hex
 	Reason string
 }
 
-func (e ErrUnsupportedFS) Error() string {
+func (e UnsupportedFSError) Error() string {
 	return fmt.Sprintf("%q is on %s, which cannot hold a store: %s; put the store on ext4, xfs or f2fs", e.Path, e.Type, e.Reason)
 }
 
@@ -80,20 +80,20 @@ func FSName(magic uint64) string {
 	return fmt.Sprintf("filesystem type 0x%x", magic)
 }
 
-// CheckFSType returns ErrUnsupportedFS unless magic is ext4, xfs or f2fs.
+// CheckFSType returns UnsupportedFSError unless magic is ext4, xfs or f2fs.
 func CheckFSType(path string, magic uint64) error {
 	k, ok := fsKinds[magic]
 	if !ok {
-		return ErrUnsupportedFS{Path: path, Type: FSName(magic), Reason: reasonOther}
+		return UnsupportedFSError{Path: path, Type: FSName(magic), Reason: reasonOther}
 	}
 	if !k.ok {
-		return ErrUnsupportedFS{Path: path, Type: k.name, Reason: k.reason}
+		return UnsupportedFSError{Path: path, Type: k.name, Reason: k.reason}
 	}
 	return nil
 }
 
 // statFS identifies the filesystem of the open file (or directory) f and
-// its block device. It returns ErrUnsupportedFS (with the FS filled in) for
+// its block device. It returns UnsupportedFSError (with the FS filled in) for
 // a filesystem that cannot hold a store.
 func statFS(f *os.File) (FS, error) {
 	magic, _, err := fstatfs(f)
@@ -110,7 +110,7 @@ func statFS(f *os.File) (FS, error) {
 
 // StatFS identifies the filesystem path is on (path may be the store file or
 // its directory; symlinks are followed) and its block device. It returns
-// ErrUnsupportedFS, with the FS still filled in, for a filesystem that
+// UnsupportedFSError, with the FS still filled in, for a filesystem that
 // cannot hold a store: only ext4, xfs and f2fs can.
 func StatFS(path string) (FS, error) {
 	f, err := os.Open(path)

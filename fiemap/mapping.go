@@ -40,13 +40,13 @@ type Mapping struct {
 func (m *Mapping) Table() (dmtable.Table, error) { return LinearTable(m.Segments) }
 
 // Map finds where the file at path lies on raw block devices. It refuses a
-// path through a symlink on the file's filesystem (ErrSymlink), a
-// filesystem other than ext4, xfs and f2fs (ErrUnsupportedFS), extents with
-// refused flags, holes and excessive fragmentation (ErrExtentFlag, ErrHole,
-// ErrTooFragmented), a filesystem not on a device-mapper device
-// (ErrDirectMount), targets other than linear beneath it
-// (ErrUnsupportedTarget), and runs not aligned to the devices' logical block
-// size or opts.ChunkSize (ErrMisaligned). It changes nothing.
+// path through a symlink on the file's filesystem (SymlinkError), a
+// filesystem other than ext4, xfs and f2fs (UnsupportedFSError), extents with
+// refused flags, holes and excessive fragmentation (ExtentFlagError, HoleError,
+// TooFragmentedError), a filesystem not on a device-mapper device
+// (DirectMountError), targets other than linear beneath it
+// (UnsupportedTargetError), and runs not aligned to the devices' logical block
+// size or opts.ChunkSize (MisalignedError). It changes nothing.
 func Map(path string, lookup TableLookup, opts MapOptions) (*Mapping, error) {
 	abs, err := filepath.Abs(path)
 	if err != nil {
@@ -55,7 +55,7 @@ func Map(path string, lookup TableLookup, opts MapOptions) (*Mapping, error) {
 	f, err := os.OpenFile(abs, os.O_RDONLY|oNoFollow|oCloExec, 0)
 	if err != nil {
 		if isSymlinkLoop(err) {
-			return nil, ErrSymlink{Path: path, Link: abs}
+			return nil, SymlinkError{Path: path, Link: abs}
 		}
 		return nil, fmt.Errorf("map %q: %w", path, err)
 	}
@@ -68,7 +68,7 @@ func Map(path string, lookup TableLookup, opts MapOptions) (*Mapping, error) {
 		return nil, fmt.Errorf("map %q: not a regular file", path)
 	}
 	if err := checkPath(abs, st.dev); err != nil {
-		var s ErrSymlink
+		var s SymlinkError
 		if errors.As(err, &s) {
 			s.Path = path
 			return nil, s
@@ -77,7 +77,7 @@ func Map(path string, lookup TableLookup, opts MapOptions) (*Mapping, error) {
 	}
 	fsys, err := statFS(f)
 	if err != nil {
-		var u ErrUnsupportedFS
+		var u UnsupportedFSError
 		if errors.As(err, &u) {
 			u.Path = path
 			return nil, u
@@ -95,7 +95,7 @@ func Map(path string, lookup TableLookup, opts MapOptions) (*Mapping, error) {
 	}
 	segs, err := Resolve(exts, fsys.Major, fsys.Minor, lookup)
 	if err != nil {
-		var dm ErrDirectMount
+		var dm DirectMountError
 		if errors.As(err, &dm) {
 			dm.Path = path
 			return nil, dm
@@ -144,16 +144,16 @@ func Map(path string, lookup TableLookup, opts MapOptions) (*Mapping, error) {
 	}, nil
 }
 
-// ErrMismatch reports a store whose blocks are no longer where the state
+// MismatchError reports a store whose blocks are no longer where the state
 // record says: the filesystem moved them, or the file was replaced.
-type ErrMismatch struct {
+type MismatchError struct {
 	Path  string
 	Index int      // first differing segment
 	Saved *Segment // nil: the file now has more segments than saved
 	Now   *Segment // nil: the file now has fewer segments than saved
 }
 
-func (e ErrMismatch) Error() string {
+func (e MismatchError) Error() string {
 	seg := func(s *Segment) string {
 		if s == nil {
 			return "none"
@@ -165,7 +165,7 @@ func (e ErrMismatch) Error() string {
 }
 
 // Revalidate maps the store at path again (FIEMAP and Resolve, as Map does)
-// and compares the result with the saved segments. It returns ErrMismatch
+// and compares the result with the saved segments. It returns MismatchError
 // at the first difference, and the fresh Mapping so the caller can check
 // Immutable and Pinned as well.
 func Revalidate(path string, saved []Segment, lookup TableLookup) (*Mapping, error) {
@@ -182,7 +182,7 @@ func Revalidate(path string, saved []Segment, lookup TableLookup) (*Mapping, err
 			b = &m.Segments[i]
 		}
 		if a == nil || b == nil || *a != *b {
-			return m, ErrMismatch{Path: path, Index: i, Saved: a, Now: b}
+			return m, MismatchError{Path: path, Index: i, Saved: a, Now: b}
 		}
 	}
 	return m, nil

@@ -31,14 +31,14 @@ type Segment struct {
 	Length    uint64 `json:"length"`     // sectors
 }
 
-// ErrDirectMount reports a store whose filesystem is mounted directly on a
+// DirectMountError reports a store whose filesystem is mounted directly on a
 // disk or partition rather than through a device-mapper device.
-type ErrDirectMount struct {
+type DirectMountError struct {
 	Path string // the store file (may be empty when Resolve reports it)
 	Dev  string // the filesystem's device, "major:minor"
 }
 
-func (e ErrDirectMount) Error() string {
+func (e DirectMountError) Error() string {
 	what := "the store's filesystem"
 	if e.Path != "" {
 		what = fmt.Sprintf("the filesystem of %q", e.Path)
@@ -47,14 +47,14 @@ func (e ErrDirectMount) Error() string {
 		what, e.Dev)
 }
 
-// ErrUnsupportedTarget reports a device in the stack under the store whose
+// UnsupportedTargetError reports a device in the stack under the store whose
 // table has a target snapctl cannot translate offsets through.
-type ErrUnsupportedTarget struct {
+type UnsupportedTargetError struct {
 	Dev  string // the device-mapper device, "major:minor"
 	Type string // its target type at the store's blocks
 }
 
-func (e ErrUnsupportedTarget) Error() string {
+func (e UnsupportedTargetError) Error() string {
 	return fmt.Sprintf("device %s under the store is a %q device-mapper target: %s; snapctl maps a store only through linear targets",
 		e.Dev, e.Type, targetReason(e.Type))
 }
@@ -87,8 +87,8 @@ func devString(major, minor uint32) string { return fmt.Sprintf("%d:%d", major, 
 // a target boundary, and stops at the first device that is not a
 // device-mapper device. Adjacent results that stay contiguous are merged.
 //
-// Any other target type is refused with ErrUnsupportedTarget. A filesystem
-// device that is not a device-mapper device is refused with ErrDirectMount
+// Any other target type is refused with UnsupportedTargetError. A filesystem
+// device that is not a device-mapper device is refused with DirectMountError
 // (its Path is left empty for the caller to fill). Every extent must be
 // sector aligned.
 func Resolve(extents []Extent, fsMajor, fsMinor uint32, lookup TableLookup) ([]Segment, error) {
@@ -98,7 +98,7 @@ func Resolve(extents []Extent, fsMajor, fsMinor uint32, lookup TableLookup) ([]S
 		return nil, err
 	}
 	if !top.ok {
-		return nil, ErrDirectMount{Dev: devString(fsMajor, fsMinor)}
+		return nil, DirectMountError{Dev: devString(fsMajor, fsMinor)}
 	}
 	for _, e := range extents {
 		if e.Logical%SectorSize != 0 || e.Physical%SectorSize != 0 || e.Length%SectorSize != 0 {
@@ -167,7 +167,7 @@ func (r *resolver) walk(major, minor uint32, off, n, logical uint64, depth int) 
 	for n > 0 && i < len(t) {
 		tg := t[i]
 		if tg.Type != "linear" {
-			return ErrUnsupportedTarget{Dev: devString(major, minor), Type: tg.Type}
+			return UnsupportedTargetError{Dev: devString(major, minor), Type: tg.Type}
 		}
 		lp, err := dmtable.ParseLinear(tg.Params)
 		if err != nil {

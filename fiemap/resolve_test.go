@@ -146,9 +146,9 @@ func TestResolveRefusesTargets(t *testing.T) {
 			}
 			// The first extent is fine, the second hits the refused target.
 			_, err := Resolve([]Extent{ext(0, 0, 10), ext(10, 60, 10)}, 253, 1, stack.lookup)
-			var u ErrUnsupportedTarget
+			var u UnsupportedTargetError
 			if !errors.As(err, &u) {
-				t.Fatalf("got %v, want ErrUnsupportedTarget", err)
+				t.Fatalf("got %v, want UnsupportedTargetError", err)
 			}
 			if u.Dev != "253:0" || u.Type != typ {
 				t.Errorf("got %+v, want Dev 253:0 Type %s", u, typ)
@@ -160,7 +160,7 @@ func TestResolveRefusesTargets(t *testing.T) {
 	}
 	t.Run("reasons", func(t *testing.T) {
 		for typ, want := range map[string]string{"crypt": "unencrypted", "snapshot-origin": "into itself"} {
-			if msg := (ErrUnsupportedTarget{Dev: "253:0", Type: typ}).Error(); !strings.Contains(msg, want) {
+			if msg := (UnsupportedTargetError{Dev: "253:0", Type: typ}).Error(); !strings.Contains(msg, want) {
 				t.Errorf("%s: got %q, want it to say %q", typ, msg, want)
 			}
 		}
@@ -169,9 +169,9 @@ func TestResolveRefusesTargets(t *testing.T) {
 
 func TestResolveDirectMount(t *testing.T) {
 	_, err := Resolve([]Extent{ext(0, 0, 8)}, 8, 1, fakeStack{}.lookup)
-	var dm ErrDirectMount
+	var dm DirectMountError
 	if !errors.As(err, &dm) {
-		t.Fatalf("got %v, want ErrDirectMount", err)
+		t.Fatalf("got %v, want DirectMountError", err)
 	}
 	if dm.Dev != "8:1" {
 		t.Errorf("got Dev %q, want 8:1", dm.Dev)

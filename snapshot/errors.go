@@ -2,9 +2,9 @@ package snapshot
 
 import "fmt"
 
-// ErrInterrupted is a volume whose last operation was cut short (killed,
+// InterruptedError is a volume whose last operation was cut short (killed,
 // power cut). Activate, or the same command again, finishes or undoes it.
-type ErrInterrupted struct {
+type InterruptedError struct {
 	Volume  string
 	Phase   Phase
 	Step    string
@@ -12,7 +12,7 @@ type ErrInterrupted struct {
 	Err     error // why it stopped, when known
 }
 
-func (e *ErrInterrupted) Error() string {
+func (e *InterruptedError) Error() string {
 	s := fmt.Sprintf("volume %q has an interrupted operation (%s, at step %s, started by %q)", e.Volume, e.Phase, e.Step, e.Command)
 	if e.Err != nil {
 		s += ": " + e.Err.Error()
@@ -20,17 +20,17 @@ func (e *ErrInterrupted) Error() string {
 	return s
 }
 
-func (e *ErrInterrupted) Unwrap() error { return e.Err }
+func (e *InterruptedError) Unwrap() error { return e.Err }
 
-// ErrWrongPhase is an operation that does not apply to the volume's phase.
-type ErrWrongPhase struct {
+// WrongPhaseError is an operation that does not apply to the volume's phase.
+type WrongPhaseError struct {
 	Volume string
 	Op     string
 	Phase  Phase
 	Mode   Mode
 }
 
-func (e *ErrWrongPhase) Error() string {
+func (e *WrongPhaseError) Error() string {
 	switch e.Phase {
 	case PhaseAttached:
 		return fmt.Sprintf("%s %q: the volume has no snapshot (it is only attached)", e.Op, e.Volume)
@@ -40,27 +40,27 @@ func (e *ErrWrongPhase) Error() string {
 	return fmt.Sprintf("%s %q: not possible while the volume is %s", e.Op, e.Volume, e.Phase)
 }
 
-// ErrInUse is an operation that would change the content under an open
+// InUseError is an operation that would change the content under an open
 // device (a mounted filesystem).
-type ErrInUse struct {
+type InUseError struct {
 	Volume    string
 	Device    string
 	OpenCount int32
 	Op        string
 }
 
-func (e *ErrInUse) Error() string {
+func (e *InUseError) Error() string {
 	return fmt.Sprintf("%s %q: %s is open (%d holders, a mounted filesystem?); its content would change underneath", e.Op, e.Volume, e.Device, e.OpenCount)
 }
 
-// ErrStoreUnusable is a store the kernel invalidated or found full: its
+// StoreUnusableError is a store the kernel invalidated or found full: its
 // snapshot no longer holds a complete earlier image and must not be merged.
-type ErrStoreUnusable struct {
+type StoreUnusableError struct {
 	Volume string
 	State  string // "invalid", "overflow", "merge failed", or "bad header"
 }
 
-func (e *ErrStoreUnusable) Error() string {
+func (e *StoreUnusableError) Error() string {
 	switch e.State {
 	case "overflow":
 		return fmt.Sprintf("volume %q: the store is full (Overflow): writes to the snapshot failed, so it does not hold the complete update; it must not be merged", e.Volume)
@@ -70,67 +70,67 @@ func (e *ErrStoreUnusable) Error() string {
 	return fmt.Sprintf("volume %q: the store is invalid (%s): the kernel dropped the snapshot because the store ran full or an I/O error hit the store or the origin (the kernel log says which: \"Unable to allocate exception\" or \"Error reading/writing\"); its earlier image is lost and merging it would do nothing", e.Volume, e.State)
 }
 
-// ErrDeviceChanged is an origin whose path now names another device than
+// DeviceChangedError is an origin whose path now names another device than
 // the one recorded (renumbered after a reboot, or replaced).
-type ErrDeviceChanged struct {
+type DeviceChangedError struct {
 	Volume   string
 	Path     string
 	Recorded string
 	Now      string
 }
 
-func (e *ErrDeviceChanged) Error() string {
+func (e *DeviceChangedError) Error() string {
 	return fmt.Sprintf("volume %q: origin %s was %s when recorded and is %s now; refusing to map a different device", e.Volume, e.Path, e.Recorded, e.Now)
 }
 
-// ErrNoSpace is a store that does not fit its filesystem.
-type ErrNoSpace struct {
+// NoSpaceError is a store that does not fit its filesystem.
+type NoSpaceError struct {
 	Path       string
 	Need, Free uint64
 }
 
-func (e *ErrNoSpace) Error() string {
+func (e *NoSpaceError) Error() string {
 	return fmt.Sprintf("store %s needs %d bytes, its filesystem has %d free", e.Path, e.Need, e.Free)
 }
 
-// ErrStoreOnOrigin is a store placed where it must not be.
-type ErrStoreOnOrigin struct {
+// StoreOnOriginError is a store placed where it must not be.
+type StoreOnOriginError struct {
 	Path   string
 	Reason string
 }
 
-func (e *ErrStoreOnOrigin) Error() string { return fmt.Sprintf("store %s: %s", e.Path, e.Reason) }
+func (e *StoreOnOriginError) Error() string { return fmt.Sprintf("store %s: %s", e.Path, e.Reason) }
 
-// ErrRefused is a request snapctl will not carry out as given: the reason
+// RefusedError is a request snapctl will not carry out as given: the reason
 // says what is wrong with it. Nothing was changed.
-type ErrRefused struct {
+type RefusedError struct {
 	Volume string
 	Op     string
 	Reason string
 	Hint   string // what to do instead
 }
 
-func (e *ErrRefused) Error() string {
+func (e *RefusedError) Error() string {
 	return fmt.Sprintf("%s %q: %s", e.Op, e.Volume, e.Reason)
 }
 
-// ErrOriginBusy is an origin device something else holds open exclusively:
+// OriginBusyError is an origin device something else holds open exclusively:
 // a filesystem mounted on it directly, or another device-mapper device.
-type ErrOriginBusy struct {
+type OriginBusyError struct {
 	Volume string
 	Path   string
 	Err    error
 }
 
-func (e *ErrOriginBusy) Error() string {
+func (e *OriginBusyError) Error() string {
 	return fmt.Sprintf("volume %q: origin %s is in use (a filesystem mounted on it directly, or another device holds it): %v", e.Volume, e.Path, e.Err)
 }
-func (e *ErrOriginBusy) Unwrap() error { return e.Err }
+func (e *OriginBusyError) Unwrap() error { return e.Err }
 
-// ErrNotActive is an operation that needs the volume's devices, on a
+// NotActiveError is an operation that needs the volume's devices, on a
 // volume whose devices are not there (after deactivate, or a reboot).
-type ErrNotActive struct{ Volume string }
+type NotActiveError struct{ Volume string }
 
-func (e *ErrNotActive) Error() string {
+func (e *NotActiveError) Error() string {
 	return fmt.Sprintf("volume %q is not active (its devices are not there)", e.Volume)
 }

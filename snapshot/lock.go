@@ -10,13 +10,13 @@ import (
 	"syscall"
 )
 
-// ErrBusy is a volume another snapctl process is working on right now.
-type ErrBusy struct {
+// BusyError is a volume another snapctl process is working on right now.
+type BusyError struct {
 	Volume string
 	Holder string // "pid N: snapctl ..." as the holder wrote it
 }
 
-func (e *ErrBusy) Error() string {
+func (e *BusyError) Error() string {
 	if e.Holder == "" {
 		return fmt.Sprintf("volume %q is busy: another snapctl is working on it", e.Volume)
 	}
@@ -40,7 +40,7 @@ func lockVolume(dir, name, command string) (*volumeLock, error) {
 		holder, _ := os.ReadFile(p)
 		f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, &ErrBusy{Volume: name, Holder: strings.TrimSpace(string(holder))}
+			return nil, &BusyError{Volume: name, Holder: strings.TrimSpace(string(holder))}
 		}
 		return nil, fmt.Errorf("lock volume %q: %w", name, err)
 	}
@@ -60,14 +60,14 @@ func (l *volumeLock) unlock() {
 	l.f = nil
 }
 
-// ErrUnsafeStateDir is a state directory others could write, or one that
+// UnsafeStateDirError is a state directory others could write, or one that
 // lives on a device snapctl snapshots.
-type ErrUnsafeStateDir struct {
+type UnsafeStateDirError struct {
 	Dir    string
 	Reason string
 }
 
-func (e *ErrUnsafeStateDir) Error() string {
+func (e *UnsafeStateDirError) Error() string {
 	return fmt.Sprintf("state directory %s: %s", e.Dir, e.Reason)
 }
 
@@ -75,7 +75,7 @@ func (e *ErrUnsafeStateDir) Error() string {
 // that is a symlink or writable by others.
 func openStateDir(dir string) error {
 	if !filepath.IsAbs(dir) {
-		return &ErrUnsafeStateDir{Dir: dir, Reason: "must be an absolute path"}
+		return &UnsafeStateDirError{Dir: dir, Reason: "must be an absolute path"}
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create state directory %s: %w", dir, err)
@@ -85,10 +85,10 @@ func openStateDir(dir string) error {
 		return fmt.Errorf("state directory %s: %w", dir, err)
 	}
 	if st.Mode&syscall.S_IFMT != syscall.S_IFDIR {
-		return &ErrUnsafeStateDir{Dir: dir, Reason: "is not a directory (a symlink is refused)"}
+		return &UnsafeStateDirError{Dir: dir, Reason: "is not a directory (a symlink is refused)"}
 	}
 	if st.Mode&0o022 != 0 {
-		return &ErrUnsafeStateDir{Dir: dir, Reason: fmt.Sprintf("is writable by group or others (mode %o); run: chmod 700 %s", st.Mode&0o777, dir)}
+		return &UnsafeStateDirError{Dir: dir, Reason: fmt.Sprintf("is writable by group or others (mode %o); run: chmod 700 %s", st.Mode&0o777, dir)}
 	}
 	return nil
 }

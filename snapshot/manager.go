@@ -155,7 +155,7 @@ func (v *volume) checkOrigin() error {
 		return fmt.Errorf("volume %q: origin: %w", v.name(), err)
 	}
 	if now.Dev != rec.Dev || now.Sectors != rec.Sectors || (rec.ID != "" && now.ID != rec.ID) {
-		return &ErrDeviceChanged{Volume: v.name(), Path: rec.Path,
+		return &DeviceChangedError{Volume: v.name(), Path: rec.Path,
 			Recorded: describeDev(rec), Now: describeDev(now)}
 	}
 	return nil
@@ -181,7 +181,7 @@ func (v *volume) checkFree() error {
 		}
 	}
 	if err := v.m.fs.exclusive(v.rec.Origin.Path); err != nil {
-		return &ErrOriginBusy{Volume: v.name(), Path: v.rec.Origin.Path, Err: err}
+		return &OriginBusyError{Volume: v.name(), Path: v.rec.Origin.Path, Err: err}
 	}
 	return nil
 }
@@ -196,7 +196,7 @@ func (m *Manager) Attach(name, origin string) error {
 	}
 	defer v.close()
 	rec, err := readRecord(m.Dir, name)
-	var unknown *ErrUnknownVolume
+	var unknown *UnknownVolumeError
 	switch {
 	case errors.As(err, &unknown):
 		d, err := m.fs.devOf(origin)
@@ -210,7 +210,7 @@ func (m *Manager) Attach(name, origin string) error {
 		v.rec = rec
 		if rec.Origin.Path != origin {
 			if d, err := m.fs.devOf(origin); err != nil || d.Dev != rec.Origin.Dev {
-				return &ErrRefused{Volume: name, Op: "attach", Reason: fmt.Sprintf("the volume is attached to %s, not %s", rec.Origin.Path, origin),
+				return &RefusedError{Volume: name, Op: "attach", Reason: fmt.Sprintf("the volume is attached to %s, not %s", rec.Origin.Path, origin),
 					Hint: "use another volume name for " + origin + ", or `snapctl detach " + name + "` first"}
 			}
 		}
@@ -242,7 +242,7 @@ func (m *Manager) Detach(name string) error {
 	}
 	defer v.close()
 	if v.rec.Phase != PhaseAttached {
-		return &ErrWrongPhase{Volume: name, Op: "detach", Phase: v.rec.Phase, Mode: v.rec.Mode}
+		return &WrongPhaseError{Volume: name, Op: "detach", Phase: v.rec.Phase, Mode: v.rec.Mode}
 	}
 	if err := v.removeIfExists(name); err != nil {
 		return fmt.Errorf("detach %q: %w", name, err)

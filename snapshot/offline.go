@@ -12,13 +12,13 @@ import (
 	"github.com/snapctl/snapctl/merge"
 )
 
-// ErrActive is an offline operation on a volume whose devices exist.
-type ErrActive struct {
+// ActiveError is an offline operation on a volume whose devices exist.
+type ActiveError struct {
 	Volume string
 	Device string
 }
 
-func (e *ErrActive) Error() string {
+func (e *ActiveError) Error() string {
 	return fmt.Sprintf("volume %q is active (%s exists): an offline merge needs its devices torn down", e.Volume, e.Device)
 }
 
@@ -41,9 +41,9 @@ func (m *Manager) MergeOffline(ctx context.Context, name string, opts merge.Offl
 	case v.rec.Phase == PhasePrepared:
 	case v.rec.Phase == PhaseMerging && strings.HasPrefix(v.rec.Step, "merge:offline"):
 	case v.rec.Phase == PhaseAttached:
-		return nil, &ErrWrongPhase{Volume: name, Op: "merge --offline", Phase: v.rec.Phase}
+		return nil, &WrongPhaseError{Volume: name, Op: "merge --offline", Phase: v.rec.Phase}
 	default:
-		return nil, &ErrInterrupted{Volume: name, Phase: v.rec.Phase, Step: v.rec.Step, Command: v.rec.Command}
+		return nil, &InterruptedError{Volume: name, Phase: v.rec.Phase, Step: v.rec.Step, Command: v.rec.Command}
 	}
 	return v.mergeOffline(ctx, opts)
 }
@@ -56,7 +56,7 @@ func (v *volume) mergeOffline(ctx context.Context, opts merge.OfflineOptions) (*
 			return nil, err
 		}
 		if inf.Exists {
-			return nil, &ErrActive{Volume: name, Device: d}
+			return nil, &ActiveError{Volume: name, Device: d}
 		}
 	}
 	if err := v.checkOrigin(); err != nil {

@@ -84,7 +84,7 @@ func (m *Manager) Prepare(o PrepareOptions) (*Plan, error) {
 	}
 	attachedHere := false
 	if _, err := readRecord(m.Dir, o.Name); err != nil {
-		var unknown *ErrUnknownVolume
+		var unknown *UnknownVolumeError
 		if !errors.As(err, &unknown) {
 			return nil, err
 		}
@@ -144,14 +144,14 @@ func (m *Manager) prepareAttached(o PrepareOptions) (*Plan, error) {
 	}
 	defer v.close()
 	if v.rec.Phase.Busy() {
-		return nil, &ErrInterrupted{Volume: o.Name, Phase: v.rec.Phase, Step: v.rec.Step, Command: v.rec.Command}
+		return nil, &InterruptedError{Volume: o.Name, Phase: v.rec.Phase, Step: v.rec.Step, Command: v.rec.Command}
 	}
 	if v.rec.Phase != PhaseAttached {
-		return nil, &ErrWrongPhase{Volume: o.Name, Op: "prepare", Phase: v.rec.Phase, Mode: v.rec.Mode}
+		return nil, &WrongPhaseError{Volume: o.Name, Op: "prepare", Phase: v.rec.Phase, Mode: v.rec.Mode}
 	}
 	if o.Origin != "" && o.Origin != v.rec.Origin.Path {
 		if d, err := m.fs.devOf(o.Origin); err != nil || d.Dev != v.rec.Origin.Dev {
-			return nil, &ErrRefused{Volume: o.Name, Op: "prepare", Reason: fmt.Sprintf("the volume's origin is %s, not %s", v.rec.Origin.Path, o.Origin),
+			return nil, &RefusedError{Volume: o.Name, Op: "prepare", Reason: fmt.Sprintf("the volume's origin is %s, not %s", v.rec.Origin.Path, o.Origin),
 				Hint: "leave out --origin, or use another volume name for " + o.Origin}
 		}
 	}
@@ -168,7 +168,7 @@ func (m *Manager) prepareAttached(o PrepareOptions) (*Plan, error) {
 		if uerr := v.undoPrepare(); uerr != nil {
 			// Neither done nor undone: the record says preparing, and
 			// activate undoes it once the cause is fixed.
-			return nil, joinErr(err, &ErrInterrupted{Volume: o.Name, Phase: v.rec.Phase, Step: v.rec.Step, Command: v.rec.Command, Err: uerr})
+			return nil, joinErr(err, &InterruptedError{Volume: o.Name, Phase: v.rec.Phase, Step: v.rec.Step, Command: v.rec.Command, Err: uerr})
 		}
 		return nil, err
 	}
@@ -190,7 +190,7 @@ func (m *Manager) plan(v *volume, o PrepareOptions) (*Plan, error) {
 		origin = v.rec.Origin
 	} else {
 		if o.Origin == "" {
-			return nil, &ErrRefused{Volume: o.Name, Op: "prepare", Reason: "the volume is not attached and no --origin was given",
+			return nil, &RefusedError{Volume: o.Name, Op: "prepare", Reason: "the volume is not attached and no --origin was given",
 				Hint: "give --origin DEV, or `snapctl attach " + o.Name + " --origin DEV` first"}
 		}
 		d, err := m.fs.devOf(o.Origin)
@@ -200,17 +200,17 @@ func (m *Manager) plan(v *volume, o PrepareOptions) (*Plan, error) {
 		origin = d
 	}
 	if origin.Sectors < uint64(o.ChunkSectors) {
-		return nil, &ErrRefused{Volume: o.Name, Op: "prepare", Reason: fmt.Sprintf("origin %s (%d bytes) is smaller than one chunk (%d bytes)", origin.Path, origin.Sectors*512, chunkBytes),
+		return nil, &RefusedError{Volume: o.Name, Op: "prepare", Reason: fmt.Sprintf("origin %s (%d bytes) is smaller than one chunk (%d bytes)", origin.Path, origin.Sectors*512, chunkBytes),
 			Hint: "snapshot a larger device, or choose a smaller --chunk-size"}
 	}
 	if o.StorePath == "" {
-		return nil, &ErrRefused{Volume: o.Name, Op: "prepare", Reason: "no store path given", Hint: "give --store PATH on an ext4, xfs or f2fs filesystem"}
+		return nil, &RefusedError{Volume: o.Name, Op: "prepare", Reason: "no store path given", Hint: "give --store PATH on an ext4, xfs or f2fs filesystem"}
 	}
 	if err := fiemap.CheckStorePath(o.StorePath); err != nil {
 		return nil, err
 	}
 	if _, err := os.Lstat(o.StorePath); err == nil {
-		return nil, &ErrRefused{Volume: o.Name, Op: "prepare", Reason: fmt.Sprintf("store %s already exists (a file or a symbolic link)", o.StorePath),
+		return nil, &RefusedError{Volume: o.Name, Op: "prepare", Reason: fmt.Sprintf("store %s already exists (a file or a symbolic link)", o.StorePath),
 			Hint: "choose a new --store path; remove the old file only if no volume uses it (`snapctl status`)"}
 	}
 	_, free, total, err := m.fs.fsOf(o.StorePath)
@@ -218,7 +218,7 @@ func (m *Manager) plan(v *volume, o PrepareOptions) (*Plan, error) {
 		return nil, fmt.Errorf("prepare %q: store %s: %w", o.Name, o.StorePath, err)
 	}
 	if fi, err := os.Stat(filepath.Dir(o.StorePath)); err == nil && fi.Mode().Perm()&0o002 != 0 {
-		return nil, &ErrRefused{Volume: o.Name, Op: "prepare", Reason: fmt.Sprintf("the store's directory %s is writable by everyone (%v): others could replace or remove the store", filepath.Dir(o.StorePath), fi.Mode()),
+		return nil, &RefusedError{Volume: o.Name, Op: "prepare", Reason: fmt.Sprintf("the store's directory %s is writable by everyone (%v): others could replace or remove the store", filepath.Dir(o.StorePath), fi.Mode()),
 			Hint: "put the store in a directory only root can write, e.g. mkdir -m 700 DIR"}
 	}
 	if err := m.checkStateDir(o.Name, origin); err != nil {
@@ -237,7 +237,7 @@ func (m *Manager) plan(v *volume, o PrepareOptions) (*Plan, error) {
 	case o.Mode == Checkpoint:
 		r := reserve(total)
 		if free <= r {
-			return nil, &ErrNoSpace{Path: o.StorePath, Need: r + chunkBytes*3, Free: free}
+			return nil, &NoSpaceError{Path: o.StorePath, Need: r + chunkBytes*3, Free: free}
 		}
 		p.StoreBytes = free - r
 		p.SizeReason = fmt.Sprintf("free space of the store's filesystem (%d bytes) less a reserve of %d bytes", free, r)
@@ -254,7 +254,7 @@ func (m *Manager) plan(v *volume, o PrepareOptions) (*Plan, error) {
 		p.StoreBytes = 3 * chunkBytes
 	}
 	if p.StoreBytes > free {
-		return nil, &ErrNoSpace{Path: o.StorePath, Need: p.StoreBytes, Free: free}
+		return nil, &NoSpaceError{Path: o.StorePath, Need: p.StoreBytes, Free: free}
 	}
 	cow, helper := mapperPath(cowName(o.Name)), mapperPath(realName(o.Name))
 	s := &Store{ChunkSectors: o.ChunkSectors, Overflow: o.Overflow}
@@ -280,7 +280,7 @@ func (m *Manager) checkStateDir(name string, origin Device) error {
 	dev := devString(uint64(st.Dev))
 	inf, _ := m.k.info(name)
 	if dev == origin.Dev || (inf.Exists && dev == inf.Dev) {
-		return &ErrUnsafeStateDir{Dir: m.Dir, Reason: fmt.Sprintf("is on the volume's origin (%s): a rollback would rewind the state record itself; use --state-dir on another filesystem", dev)}
+		return &UnsafeStateDirError{Dir: m.Dir, Reason: fmt.Sprintf("is on the volume's origin (%s): a rollback would rewind the state record itself; use --state-dir on another filesystem", dev)}
 	}
 	return nil
 }
@@ -310,7 +310,7 @@ func (v *volume) prepare(o PrepareOptions, p *Plan) error {
 			return err
 		}
 		if fsDev == v.rec.Origin.Dev || (inf.Exists && fsDev == inf.Dev) {
-			return &ErrStoreOnOrigin{Path: o.StorePath, Reason: "is on the volume itself; with --backend loop the store is written through its filesystem, which would copy-on-write the store into itself"}
+			return &StoreOnOriginError{Path: o.StorePath, Reason: "is on the volume itself; with --backend loop the store is written through its filesystem, which would copy-on-write the store into itself"}
 		}
 	}
 	v.rec.Store = &Store{Path: o.StorePath, FSDev: fsDev, Bytes: p.StoreBytes, ChunkSectors: o.ChunkSectors, Backend: o.Backend, Overflow: o.Overflow}
@@ -336,7 +336,7 @@ func (v *volume) prepare(o PrepareOptions, p *Plan) error {
 	}
 	for _, s := range segs {
 		if s.Dev == v.rec.Origin.Dev && o.Mode == Update {
-			return &ErrStoreOnOrigin{Path: o.StorePath, Reason: "is on the origin; in update mode the origin is written only by the merge, so the store must be on another device"}
+			return &StoreOnOriginError{Path: o.StorePath, Reason: "is on the origin; in update mode the origin is written only by the merge, so the store must be on another device"}
 		}
 	}
 	v.rec.Store.Segments = segs
@@ -514,7 +514,7 @@ func (m *Manager) Rollback(name string, o RollbackOptions) error {
 	defer v.close()
 	if o.AtNextActivate {
 		if v.rec.Phase != PhasePrepared {
-			return &ErrWrongPhase{Volume: name, Op: "rollback", Phase: v.rec.Phase, Mode: v.rec.Mode}
+			return &WrongPhaseError{Volume: name, Op: "rollback", Phase: v.rec.Phase, Mode: v.rec.Mode}
 		}
 		v.rec.Scheduled = "rollback"
 		v.rec.event("rollback scheduled", "for the next activate")
@@ -566,9 +566,9 @@ func (v *volume) drop(op string) error {
 	switch v.rec.Phase {
 	case PhasePrepared, PhaseDropping:
 	case PhaseAttached:
-		return &ErrWrongPhase{Volume: v.name(), Op: op, Phase: v.rec.Phase}
+		return &WrongPhaseError{Volume: v.name(), Op: op, Phase: v.rec.Phase}
 	default:
-		return &ErrInterrupted{Volume: v.name(), Phase: v.rec.Phase, Step: v.rec.Step, Command: v.rec.Command}
+		return &InterruptedError{Volume: v.name(), Phase: v.rec.Phase, Step: v.rec.Step, Command: v.rec.Command}
 	}
 	if err := v.checkOrigin(); err != nil {
 		return err
@@ -579,7 +579,7 @@ func (v *volume) drop(op string) error {
 			if n, err := v.openCount(); err != nil {
 				return err
 			} else if n > 0 {
-				return &ErrInUse{Volume: v.name(), Device: mapperPath(v.name()), OpenCount: n, Op: op}
+				return &InUseError{Volume: v.name(), Device: mapperPath(v.name()), OpenCount: n, Op: op}
 			}
 		}
 	}
@@ -625,14 +625,14 @@ func (v *volume) checkMergeable(op string) error {
 		return fmt.Errorf("%s %q: status of %q: %w", op, v.name(), dev, err)
 	}
 	if !st.ok() {
-		return &ErrStoreUnusable{Volume: v.name(), State: st.State}
+		return &StoreUnusableError{Volume: v.name(), State: st.State}
 	}
 	magic, valid, err := v.m.k.readHeader(cowName(v.name()))
 	if err != nil {
 		return fmt.Errorf("%s %q: read the store header: %w", op, v.name(), err)
 	}
 	if magic != snapMagic || valid != 1 {
-		return &ErrStoreUnusable{Volume: v.name(), State: fmt.Sprintf("bad header: magic %#x, valid %d", magic, valid)}
+		return &StoreUnusableError{Volume: v.name(), State: fmt.Sprintf("bad header: magic %#x, valid %d", magic, valid)}
 	}
 	return nil
 }
@@ -644,9 +644,9 @@ func (v *volume) merge(op string, wait bool) error {
 	switch v.rec.Phase {
 	case PhasePrepared, PhaseMerging:
 	case PhaseAttached:
-		return &ErrWrongPhase{Volume: v.name(), Op: op, Phase: v.rec.Phase}
+		return &WrongPhaseError{Volume: v.name(), Op: op, Phase: v.rec.Phase}
 	default:
-		return &ErrInterrupted{Volume: v.name(), Phase: v.rec.Phase, Step: v.rec.Step, Command: v.rec.Command}
+		return &InterruptedError{Volume: v.name(), Phase: v.rec.Phase, Step: v.rec.Step, Command: v.rec.Command}
 	}
 	if err := v.checkOrigin(); err != nil {
 		return err
@@ -664,7 +664,7 @@ func (v *volume) merge(op string, wait bool) error {
 			if n, err := v.openCount(); err != nil {
 				return err
 			} else if n > 0 {
-				return &ErrInUse{Volume: v.name(), Device: mapperPath(v.name()), OpenCount: n, Op: op}
+				return &InUseError{Volume: v.name(), Device: mapperPath(v.name()), OpenCount: n, Op: op}
 			}
 		}
 	}
@@ -766,7 +766,7 @@ func (v *volume) handover() (done bool, err error) {
 			if n, err := v.openCount(); err != nil {
 				return false, err
 			} else if n > 0 {
-				return false, &ErrInUse{Volume: name, Device: mapperPath(name), OpenCount: n, Op: "restart the failed merge of"}
+				return false, &InUseError{Volume: name, Device: mapperPath(name), OpenCount: n, Op: "restart the failed merge of"}
 			}
 			if err := v.m.k.remove(name); err != nil {
 				return false, err
@@ -793,7 +793,7 @@ func (v *volume) waitMerged() error {
 			return err
 		}
 		if !st.ok() {
-			return &ErrStoreUnusable{Volume: v.name(), State: st.State}
+			return &StoreUnusableError{Volume: v.name(), State: st.State}
 		}
 		left := st.Allocated - st.Metadata
 		if first == 0 {
@@ -899,12 +899,12 @@ func (m *Manager) Deactivate(name string) error {
 	switch v.rec.Phase {
 	case PhaseAttached, PhasePrepared, PhaseMerging:
 	default:
-		return &ErrInterrupted{Volume: name, Phase: v.rec.Phase, Step: v.rec.Step, Command: v.rec.Command}
+		return &InterruptedError{Volume: name, Phase: v.rec.Phase, Step: v.rec.Step, Command: v.rec.Command}
 	}
 	if n, err := v.openCount(); err != nil {
 		return err
 	} else if n > 0 {
-		return &ErrInUse{Volume: name, Device: mapperPath(name), OpenCount: n, Op: "deactivate"}
+		return &InUseError{Volume: name, Device: mapperPath(name), OpenCount: n, Op: "deactivate"}
 	}
 	if err := v.removeIfExists(name); err != nil {
 		return fmt.Errorf("deactivate %q: %w", name, err)
@@ -933,7 +933,7 @@ func (v *volume) grow(by uint64) error {
 		return v.finishGrow()
 	}
 	if v.rec.Phase != PhasePrepared {
-		return &ErrWrongPhase{Volume: v.name(), Op: "grow", Phase: v.rec.Phase, Mode: v.rec.Mode}
+		return &WrongPhaseError{Volume: v.name(), Op: "grow", Phase: v.rec.Phase, Mode: v.rec.Mode}
 	}
 	if err := v.checkOrigin(); err != nil {
 		return err
@@ -949,7 +949,7 @@ func (v *volume) grow(by uint64) error {
 		return fmt.Errorf("grow %q: %w", v.name(), err)
 	}
 	if newBytes-s.Bytes > free {
-		return &ErrNoSpace{Path: s.Path, Need: newBytes - s.Bytes, Free: free}
+		return &NoSpaceError{Path: s.Path, Need: newBytes - s.Bytes, Free: free}
 	}
 	if err := v.step(PhaseGrowing, "grow:extend"); err != nil {
 		return err

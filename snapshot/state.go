@@ -151,22 +151,22 @@ func CheckName(name string) error {
 	return nil
 }
 
-// ErrCorruptRecord is a state record that cannot be trusted. snapctl never
+// CorruptRecordError is a state record that cannot be trusted. snapctl never
 // guesses: the user must look at it.
-type ErrCorruptRecord struct {
+type CorruptRecordError struct {
 	Path string
 	Err  error
 }
 
-func (e *ErrCorruptRecord) Error() string {
+func (e *CorruptRecordError) Error() string {
 	return fmt.Sprintf("state record %s is unreadable or corrupt: %v", e.Path, e.Err)
 }
-func (e *ErrCorruptRecord) Unwrap() error { return e.Err }
+func (e *CorruptRecordError) Unwrap() error { return e.Err }
 
-// ErrUnknownVolume is a volume with no state record.
-type ErrUnknownVolume struct{ Name, Dir string }
+// UnknownVolumeError is a volume with no state record.
+type UnknownVolumeError struct{ Name, Dir string }
 
-func (e *ErrUnknownVolume) Error() string {
+func (e *UnknownVolumeError) Error() string {
 	return fmt.Sprintf("volume %q is unknown (no state record in %s)", e.Name, e.Dir)
 }
 
@@ -177,7 +177,7 @@ func readRecord(dir, name string) (*Record, error) {
 	p := recordPath(dir, name)
 	b, err := os.ReadFile(p)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, &ErrUnknownVolume{Name: name, Dir: dir}
+		return nil, &UnknownVolumeError{Name: name, Dir: dir}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read state record %s: %w", p, err)
@@ -191,13 +191,13 @@ func parseRecord(path, name string, b []byte) (*Record, error) {
 	dec := json.NewDecoder(strings.NewReader(string(b)))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&r); err != nil {
-		return nil, &ErrCorruptRecord{Path: path, Err: err}
+		return nil, &CorruptRecordError{Path: path, Err: err}
 	}
 	if dec.More() {
-		return nil, &ErrCorruptRecord{Path: path, Err: errors.New("trailing data after the record")}
+		return nil, &CorruptRecordError{Path: path, Err: errors.New("trailing data after the record")}
 	}
 	if err := r.check(name); err != nil {
-		return nil, &ErrCorruptRecord{Path: path, Err: err}
+		return nil, &CorruptRecordError{Path: path, Err: err}
 	}
 	return &r, nil
 }

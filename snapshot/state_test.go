@@ -72,9 +72,9 @@ func TestRecordCorrupt(t *testing.T) {
 				t.Fatal("case did not change the record")
 			}
 			_, err := parseRecord("data.json", "data", []byte(text))
-			var ce *ErrCorruptRecord
+			var ce *CorruptRecordError
 			if !errors.As(err, &ce) {
-				t.Fatalf("got %v, want ErrCorruptRecord", err)
+				t.Fatalf("got %v, want CorruptRecordError", err)
 			}
 		})
 	}
@@ -85,9 +85,9 @@ func TestRecordCorrupt(t *testing.T) {
 
 func TestReadRecordUnknown(t *testing.T) {
 	_, err := readRecord(t.TempDir(), "nope")
-	var u *ErrUnknownVolume
+	var u *UnknownVolumeError
 	if !errors.As(err, &u) {
-		t.Fatalf("got %v, want ErrUnknownVolume", err)
+		t.Fatalf("got %v, want UnknownVolumeError", err)
 	}
 }
 
@@ -176,9 +176,9 @@ func TestStateDirChecks(t *testing.T) {
 	if err := os.Chmod(dir, 0o777); err != nil {
 		t.Fatal(err)
 	}
-	var u *ErrUnsafeStateDir
+	var u *UnsafeStateDirError
 	if err := openStateDir(dir); !errors.As(err, &u) {
-		t.Errorf("world-writable state dir: got %v, want ErrUnsafeStateDir", err)
+		t.Errorf("world-writable state dir: got %v, want UnsafeStateDirError", err)
 	}
 	link := filepath.Join(t.TempDir(), "link")
 	os.Chmod(dir, 0o700)
@@ -186,10 +186,10 @@ func TestStateDirChecks(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := openStateDir(link); !errors.As(err, &u) {
-		t.Errorf("symlinked state dir: got %v, want ErrUnsafeStateDir", err)
+		t.Errorf("symlinked state dir: got %v, want UnsafeStateDirError", err)
 	}
 	if err := openStateDir("relative/dir"); !errors.As(err, &u) {
-		t.Errorf("relative state dir: got %v, want ErrUnsafeStateDir", err)
+		t.Errorf("relative state dir: got %v, want UnsafeStateDirError", err)
 	}
 }
 
@@ -201,9 +201,9 @@ func TestLockNamesHolder(t *testing.T) {
 	}
 	defer l.unlock()
 	_, err = lockVolume(dir, "data", "snapctl commit data")
-	var b *ErrBusy
+	var b *BusyError
 	if !errors.As(err, &b) || !strings.Contains(b.Holder, "snapctl merge data") {
-		t.Fatalf("second lock: got %v, want ErrBusy naming the holder", err)
+		t.Fatalf("second lock: got %v, want BusyError naming the holder", err)
 	}
 }
 

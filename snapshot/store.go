@@ -187,7 +187,7 @@ func (fileStore) segments(path string, inode uint64, chunkSectors uint32) ([]Seg
 	}
 	segs, err := fiemap.Resolve(exts, fs.Major, fs.Minor, dmtable.TableByDev)
 	if err != nil {
-		var dm fiemap.ErrDirectMount
+		var dm fiemap.DirectMountError
 		if errors.As(err, &dm) && dm.Path == "" {
 			dm.Path = path
 			return nil, dm

@@ -13,28 +13,28 @@ import (
 	"time"
 )
 
-// ErrBusy reports an NBD device that is already connected to a server.
-type ErrBusy struct {
+// BusyError reports an NBD device that is already connected to a server.
+type BusyError struct {
 	Path string
 	PID  int // the process serving it, 0 if unknown
 }
 
-func (e ErrBusy) Error() string {
+func (e BusyError) Error() string {
 	if e.PID != 0 {
 		return fmt.Sprintf("bind %s: already connected (served by process %d)", e.Path, e.PID)
 	}
 	return fmt.Sprintf("bind %s: already connected", e.Path)
 }
 
-func (e ErrBusy) Unwrap() error { return syscall.EBUSY }
+func (e BusyError) Unwrap() error { return syscall.EBUSY }
 
-// ErrNotNBD reports a path that is not a kernel NBD device.
-type ErrNotNBD struct {
+// NotNBDError reports a path that is not a kernel NBD device.
+type NotNBDError struct {
 	Path   string
 	Reason string
 }
 
-func (e ErrNotNBD) Error() string { return fmt.Sprintf("bind %s: %s", e.Path, e.Reason) }
+func (e NotNBDError) Error() string { return fmt.Sprintf("bind %s: %s", e.Path, e.Reason) }
 
 // BindOptions configure Bind.
 type BindOptions struct {
@@ -91,12 +91,12 @@ func Bind(path string, s *Server, opts BindOptions) (*Binding, error) {
 	}
 	fd, err := openDevice(path)
 	if err != nil {
-		var nn ErrNotNBD
+		var nn NotNBDError
 		if errors.As(err, &nn) {
 			return nil, err
 		}
 		if errors.Is(err, os.ErrNotExist) {
-			return nil, ErrNotNBD{Path: path, Reason: "no such device (is the nbd module loaded? modprobe nbd)"}
+			return nil, NotNBDError{Path: path, Reason: "no such device (is the nbd module loaded? modprobe nbd)"}
 		}
 		return nil, fmt.Errorf("bind %s: open: %w", path, err)
 	}
@@ -107,7 +107,7 @@ func Bind(path string, s *Server, opts BindOptions) (*Binding, error) {
 	}
 	if pid, ok := servingPID(sysDir); ok {
 		closeFD(fd)
-		return nil, ErrBusy{Path: path, PID: pid}
+		return nil, BusyError{Path: path, PID: pid}
 	}
 	ksock, srv, err := socketPair()
 	if err != nil {
@@ -127,7 +127,7 @@ func Bind(path string, s *Server, opts BindOptions) (*Binding, error) {
 		conn.Close()
 		closeFD(fd)
 		if errors.Is(err, syscall.EBUSY) {
-			return nil, ErrBusy{Path: path}
+			return nil, BusyError{Path: path}
 		}
 		return nil, fmt.Errorf("bind %s: %s: %w", path, step, err)
 	}
@@ -270,7 +270,7 @@ func sysBlockDir(path string) (string, error) {
 	}
 	name := filepath.Base(real)
 	if !strings.HasPrefix(name, "nbd") {
-		return "", ErrNotNBD{Path: path, Reason: "not an NBD device (want /dev/nbdN)"}
+		return "", NotNBDError{Path: path, Reason: "not an NBD device (want /dev/nbdN)"}
 	}
 	return filepath.Join("/sys/block", name), nil
 }

@@ -22,7 +22,7 @@ func TestBindRefuses(t *testing.T) {
 		path    string
 		opts    BindOptions
 		s       *Server
-		wantNot bool // ErrNotNBD
+		wantNot bool // NotNBDError
 		wantErr error
 	}{
 		{name: "missing device", path: filepath.Join(dir, "nbd0"), wantNot: true},
@@ -43,9 +43,9 @@ func TestBindRefuses(t *testing.T) {
 				b.Disconnect(0)
 				t.Fatal("Bind succeeded, want an error")
 			}
-			var nn ErrNotNBD
+			var nn NotNBDError
 			if tc.wantNot && !errors.As(err, &nn) {
-				t.Fatalf("got %v, want ErrNotNBD", err)
+				t.Fatalf("got %v, want NotNBDError", err)
 			}
 			if tc.wantErr != nil && !errors.Is(err, tc.wantErr) {
 				t.Fatalf("got %v, want %v", err, tc.wantErr)
@@ -55,9 +55,9 @@ func TestBindRefuses(t *testing.T) {
 }
 
 func TestErrBusy(t *testing.T) {
-	err := error(ErrBusy{Path: "/dev/nbd3", PID: 42})
+	err := error(BusyError{Path: "/dev/nbd3", PID: 42})
 	if !errors.Is(err, syscall.EBUSY) {
-		t.Fatal("ErrBusy does not match EBUSY")
+		t.Fatal("BusyError does not match EBUSY")
 	}
 	if got, want := err.Error(), "bind /dev/nbd3: already connected (served by process 42)"; got != want {
 		t.Fatalf("got %q, want %q", got, want)

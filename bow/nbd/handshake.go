@@ -14,14 +14,14 @@ const maxOptionData = 16 << 10
 // ErrAborted reports a client that ended the handshake with NBD_OPT_ABORT.
 var ErrAborted = errors.New("nbd handshake: the client aborted")
 
-// ErrUnknownExport reports a client that asked for an export by a name the
+// UnknownExportError reports a client that asked for an export by a name the
 // server does not have with NBD_OPT_EXPORT_NAME, which leaves the server no
 // way to answer but to hang up.
-type ErrUnknownExport struct {
+type UnknownExportError struct {
 	Name string
 }
 
-func (e ErrUnknownExport) Error() string {
+func (e UnknownExportError) Error() string {
 	return fmt.Sprintf("nbd handshake: the client asked for export %q, which does not exist", e.Name)
 }
 
@@ -72,7 +72,7 @@ func (s *Server) Handshake(conn io.ReadWriter, name string) error {
 		switch opt {
 		case NBD_OPT_EXPORT_NAME:
 			if !known(string(data)) {
-				return ErrUnknownExport{Name: string(data)}
+				return UnknownExportError{Name: string(data)}
 			}
 			b := be.AppendUint64(nil, uint64(s.Size()))
 			b = be.AppendUint16(b, s.Flags())

@@ -192,9 +192,9 @@ func TestHandshakeRefusals(t *testing.T) {
 		c, _, res := startHandshake(t, 4096)
 		c.greet(NBD_FLAG_C_FIXED_NEWSTYLE)
 		c.option(NBD_OPT_EXPORT_NAME, []byte("nope"))
-		var ue ErrUnknownExport
+		var ue UnknownExportError
 		if err := <-res; !errors.As(err, &ue) || ue.Name != "nope" {
-			t.Fatalf("got %v, want ErrUnknownExport{nope}", err)
+			t.Fatalf("got %v, want UnknownExportError{nope}", err)
 		}
 	})
 	t.Run("abort", func(t *testing.T) {

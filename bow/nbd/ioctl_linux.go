@@ -90,7 +90,7 @@ func openDevice(path string) (int, error) {
 	}
 	reason, err := checkDevice(fd)
 	if err == nil && reason != "" {
-		err = ErrNotNBD{Path: path, Reason: reason}
+		err = NotNBDError{Path: path, Reason: reason}
 	}
 	if err != nil {
 		unix.Close(fd)

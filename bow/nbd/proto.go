@@ -129,13 +129,13 @@ type Request struct {
 	Length uint32
 }
 
-// ErrBadMagic reports a request header that does not start with
+// BadMagicError reports a request header that does not start with
 // NBD_REQUEST_MAGIC: the stream is out of step and cannot be read further.
-type ErrBadMagic struct {
+type BadMagicError struct {
 	Got uint32
 }
 
-func (e ErrBadMagic) Error() string {
+func (e BadMagicError) Error() string {
 	return fmt.Sprintf("parse request: magic %#08x, want %#08x", e.Got, NBD_REQUEST_MAGIC)
 }
 
@@ -148,7 +148,7 @@ func ParseRequest(b []byte) (Request, error) {
 	}
 	be := binary.BigEndian
 	if m := be.Uint32(b[0:]); m != NBD_REQUEST_MAGIC {
-		return Request{}, ErrBadMagic{Got: m}
+		return Request{}, BadMagicError{Got: m}
 	}
 	return Request{
 		Flags:  be.Uint16(b[4:]),

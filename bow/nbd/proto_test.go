@@ -70,9 +70,9 @@ func TestParseRequestBad(t *testing.T) {
 			}
 		})
 	}
-	var bm ErrBadMagic
+	var bm BadMagicError
 	if _, err := ParseRequest(bad); !errors.As(err, &bm) || bm.Got != 0x25609514 {
-		t.Fatalf("got %v, want ErrBadMagic{0x25609514}", err)
+		t.Fatalf("got %v, want BadMagicError{0x25609514}", err)
 	}
 }
 

@@ -137,7 +137,7 @@ func (a *app) bowInspect(path string) error {
 	}
 	defer dev.Close()
 	info, err := bow.Inspect(dev)
-	var nl bow.ErrNoLog
+	var nl bow.NoLogError
 	if errors.As(err, &nl) {
 		return err
 	}

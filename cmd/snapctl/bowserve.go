@@ -719,17 +719,17 @@ func classifyBowServe(err error) (int, string, bool) {
 		ns  errNoServer
 		cb  errControlBusy
 		se  errStoppedEarly
-		nr  bow.ErrNeedsRestore
-		rp  bow.ErrRestoreInProgress
-		tr  bow.ErrTransition
-		sp  bow.ErrNoSpace
-		bs  bow.ErrBlockSize
-		ts  bow.ErrDeviceTooSmall
-		br  bow.ErrBroken
-		cl  bow.ErrCorruptLog
-		bz  nbd.ErrBusy
-		nn  nbd.ErrNotNBD
-		nol bow.ErrNoLog
+		nr  bow.NeedsRestoreError
+		rp  bow.RestoreInProgressError
+		tr  bow.TransitionError
+		sp  bow.NoSpaceError
+		bs  bow.BlockSizeError
+		ts  bow.DeviceTooSmallError
+		br  bow.BrokenError
+		cl  bow.CorruptLogError
+		bz  nbd.BusyError
+		nn  nbd.NotNBDError
+		nol bow.NoLogError
 	)
 	switch {
 	case errors.As(err, &ce):

@@ -258,9 +258,9 @@ func cowSizeHuman(b uint64) string {
 
 // classifyCowSize maps cowsize errors to exit codes and hints.
 func classifyCowSize(err error) (int, string, bool) {
-	var line cowsize.ErrRangeLine
-	var shorter cowsize.ErrNewShorter
-	var below cowsize.ErrChunkBelowBlock
+	var line cowsize.RangeLineError
+	var shorter cowsize.NewShorterError
+	var below cowsize.ChunkBelowBlockError
 	switch {
 	case errors.As(err, &line):
 		return exitInvalidData, fmt.Sprintf(`fix line %d of the changes file: each line is "OFFSET LENGTH" in bytes, `+
@@ -270,11 +270,11 @@ func classifyCowSize(err error) (int, string, bool) {
 			shorter.New, shorter.Old), true
 	case errors.As(err, &below):
 		return exitRefused, fmt.Sprintf("use --chunk-size %d or larger for %s", below.BlockBytes, below.Device), true
-	case errors.As(err, new(cowsize.ErrChunkSize)):
+	case errors.As(err, new(cowsize.ChunkSizeError)):
 		return exitUsage, "use --chunk-size 4K (the default) or another power of two up to 512K", true
-	case errors.As(err, new(cowsize.ErrTooLarge)):
+	case errors.As(err, new(cowsize.TooLargeError)):
 		return exitInvalidData, "", true
-	case errors.As(err, new(cowsize.ErrStoreTooSmall)):
+	case errors.As(err, new(cowsize.StoreTooSmallError)):
 		return exitRefused, "give a larger --size: `snapctl cow-size --chunks N` computes the size that holds N chunks", true
 	}
 	return 0, "", false

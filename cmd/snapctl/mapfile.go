@@ -107,19 +107,19 @@ func printMapping(a *app, m *fiemap.Mapping, table dmtable.Table) {
 // classifyFiemap maps the fiemap package's errors to exit codes and hints.
 func classifyFiemap(err error) (int, string, bool) {
 	var (
-		unsupportedFS fiemap.ErrUnsupportedFS
-		directMount   fiemap.ErrDirectMount
-		target        fiemap.ErrUnsupportedTarget
-		symlink       fiemap.ErrSymlink
-		flag          fiemap.ErrExtentFlag
-		hole          fiemap.ErrHole
-		empty         fiemap.ErrEmpty
-		frag          fiemap.ErrTooFragmented
-		misaligned    fiemap.ErrMisaligned
-		mismatch      fiemap.ErrMismatch
-		size          fiemap.ErrSize
-		exists        fiemap.ErrExists
-		noSpace       fiemap.ErrNoSpace
+		unsupportedFS fiemap.UnsupportedFSError
+		directMount   fiemap.DirectMountError
+		target        fiemap.UnsupportedTargetError
+		symlink       fiemap.SymlinkError
+		flag          fiemap.ExtentFlagError
+		hole          fiemap.HoleError
+		empty         fiemap.EmptyError
+		frag          fiemap.TooFragmentedError
+		misaligned    fiemap.MisalignedError
+		mismatch      fiemap.MismatchError
+		size          fiemap.SizeError
+		exists        fiemap.ExistsError
+		noSpace       fiemap.NoSpaceError
 	)
 	switch {
 	case errors.As(err, &unsupportedFS):

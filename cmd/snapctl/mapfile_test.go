@@ -19,15 +19,15 @@ func TestClassifyFiemap(t *testing.T) {
 		code int
 		hint string
 	}{
-		{fiemap.ErrUnsupportedFS{Path: "/x", Type: "btrfs"}, exitUnsupported, "ext4, xfs or f2fs"},
-		{fmt.Errorf("prepare: %w", fiemap.ErrDirectMount{Path: "/x", Dev: "8:1"}), exitRefused, "use --backend loop or put the filesystem on a device-mapper device (snapctl attach)"},
-		{fiemap.ErrUnsupportedTarget{Dev: "253:0", Type: "crypt"}, exitUnsupported, "linear"},
-		{fiemap.ErrHole{Path: "/x", Offset: 0, Length: 4096}, exitInvalidData, "fallocate"},
-		{fiemap.ErrExtentFlag{Path: "/x", Flag: fiemap.FIEMAP_EXTENT_SHARED}, exitInvalidData, "reflink"},
-		{fiemap.ErrTooFragmented{Path: "/x", Max: 1}, exitInvalidData, "free space"},
-		{fiemap.ErrMisaligned{Path: "/x", Align: 4096}, exitInvalidData, "chunk size"},
-		{fiemap.ErrSymlink{Path: "/a/b", Link: "/a"}, exitRefused, "realpath"},
-		{fiemap.ErrNoSpace{Path: "/x"}, exitRefused, "cow-size"},
+		{fiemap.UnsupportedFSError{Path: "/x", Type: "btrfs"}, exitUnsupported, "ext4, xfs or f2fs"},
+		{fmt.Errorf("prepare: %w", fiemap.DirectMountError{Path: "/x", Dev: "8:1"}), exitRefused, "use --backend loop or put the filesystem on a device-mapper device (snapctl attach)"},
+		{fiemap.UnsupportedTargetError{Dev: "253:0", Type: "crypt"}, exitUnsupported, "linear"},
+		{fiemap.HoleError{Path: "/x", Offset: 0, Length: 4096}, exitInvalidData, "fallocate"},
+		{fiemap.ExtentFlagError{Path: "/x", Flag: fiemap.FIEMAP_EXTENT_SHARED}, exitInvalidData, "reflink"},
+		{fiemap.TooFragmentedError{Path: "/x", Max: 1}, exitInvalidData, "free space"},
+		{fiemap.MisalignedError{Path: "/x", Align: 4096}, exitInvalidData, "chunk size"},
+		{fiemap.SymlinkError{Path: "/a/b", Link: "/a"}, exitRefused, "realpath"},
+		{fiemap.NoSpaceError{Path: "/x"}, exitRefused, "cow-size"},
 	} {
 		code, hint := classify(tt.err)
 		if code != tt.code || !strings.Contains(hint, tt.hint) {
@@ -54,7 +54,7 @@ func TestMapFileOnHost(t *testing.T) {
 		code, hint = classify(err)
 	}
 	fsys, ferr := fiemap.StatFS(dir)
-	var u fiemap.ErrUnsupportedFS
+	var u fiemap.UnsupportedFSError
 	switch {
 	case errors.As(ferr, &u):
 		if code != exitUnsupported {
@@ -66,7 +66,7 @@ func TestMapFileOnHost(t *testing.T) {
 		if _, isDM, _ := dmtable.TableByDev(fsys.Major, fsys.Minor); isDM {
 			t.Skipf("%s is on device-mapper device %s: the e2e suite covers this case", dir, fsys.Dev)
 		}
-		var dm fiemap.ErrDirectMount
+		var dm fiemap.DirectMountError
 		if !errors.As(err, &dm) || code != exitRefused || !strings.Contains(hint, "--backend loop") {
 			t.Fatalf("got exit %d hint %q err %v, want ErrDirectMount, exit %d, the loop hint", code, hint, err, exitRefused)
 		}

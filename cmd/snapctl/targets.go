@@ -91,11 +91,11 @@ func kernelRelease() string {
 // the command that fixes them.
 func classifyDM(err error) (int, string, bool) {
 	var (
-		noDM    dmtable.ErrNoDeviceMapper
-		perm    dmtable.ErrPermission
-		name    dmtable.ErrInvalidName
-		unknown dmtable.ErrUnknownTarget
-		table   dmtable.ErrInvalidTable
+		noDM    dmtable.NoDeviceMapperError
+		perm    dmtable.PermissionError
+		name    dmtable.InvalidNameError
+		unknown dmtable.UnknownTargetError
+		table   dmtable.InvalidTableError
 	)
 	switch {
 	case errors.As(err, &noDM):

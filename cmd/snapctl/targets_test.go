@@ -33,7 +33,7 @@ func TestTargetsOnHost(t *testing.T) {
 	t.Logf("device-mapper on this host: %v, uid %d: exit %d, err %v", hasDM, os.Geteuid(), code, err)
 	switch {
 	case !hasDM:
-		var e dmtable.ErrNoDeviceMapper
+		var e dmtable.NoDeviceMapperError
 		if !errors.As(err, &e) {
 			t.Fatalf("got error %v, want ErrNoDeviceMapper", err)
 		}
@@ -67,11 +67,11 @@ func TestClassifyDM(t *testing.T) {
 		code     int
 		hintPart string
 	}{
-		{fmt.Errorf("get device-mapper version: %w", dmtable.ErrNoDeviceMapper{Control: "/dev/mapper/control"}), exitUnsupported, "modprobe dm-mod"},
-		{fmt.Errorf("create device %q: %w", "d", dmtable.ErrPermission{Err: unix.EACCES}), exitUnsupported, "run it as root"},
-		{fmt.Errorf("create device: %w", dmtable.ErrInvalidName{Name: "a/b", Reason: "contains '/'"}), exitUsage, "127 bytes"},
-		{fmt.Errorf("load table for %q: %w", "d", dmtable.ErrUnknownTarget{Type: "snapshot", Err: unix.EINVAL}), exitUnsupported, "modprobe dm-snapshot"},
-		{fmt.Errorf("load table for %q: %w", "d", dmtable.ErrInvalidTable{Reason: "gap"}), exitInvalidData, ""},
+		{fmt.Errorf("get device-mapper version: %w", dmtable.NoDeviceMapperError{Control: "/dev/mapper/control"}), exitUnsupported, "modprobe dm-mod"},
+		{fmt.Errorf("create device %q: %w", "d", dmtable.PermissionError{Err: unix.EACCES}), exitUnsupported, "run it as root"},
+		{fmt.Errorf("create device: %w", dmtable.InvalidNameError{Name: "a/b", Reason: "contains '/'"}), exitUsage, "127 bytes"},
+		{fmt.Errorf("load table for %q: %w", "d", dmtable.UnknownTargetError{Type: "snapshot", Err: unix.EINVAL}), exitUnsupported, "modprobe dm-snapshot"},
+		{fmt.Errorf("load table for %q: %w", "d", dmtable.InvalidTableError{Reason: "gap"}), exitInvalidData, ""},
 		{fmt.Errorf("remove device %q: %w", "d", unix.EBUSY), exitRefused, ""},
 	}
 	for _, tt := range tests {

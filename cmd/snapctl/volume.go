@@ -364,7 +364,7 @@ func (a *app) volumeOp(op func(m *snapshot.Manager, name string) error, done str
 func (a *app) report(m *snapshot.Manager, name, human string) error {
 	if a.json {
 		s, err := m.Status(name)
-		var unknown *snapshot.ErrUnknownVolume
+		var unknown *snapshot.UnknownVolumeError
 		if errors.As(err, &unknown) {
 			return a.printDoc(&detachedDoc{Name: name, Phase: "detached"})
 		}
@@ -554,21 +554,21 @@ until interrupted (see contrib/systemd/snapctl-monitor.service).`,
 // hints naming the command that fixes or continues the operation.
 func classifyVolumeErr(err error) (int, string, bool) {
 	var (
-		busy      *snapshot.ErrBusy
-		intr      *snapshot.ErrInterrupted
-		wrong     *snapshot.ErrWrongPhase
-		inUse     *snapshot.ErrInUse
-		unusable  *snapshot.ErrStoreUnusable
-		changed   *snapshot.ErrDeviceChanged
-		corrupt   *snapshot.ErrCorruptRecord
-		unknown   *snapshot.ErrUnknownVolume
-		noSpace   *snapshot.ErrNoSpace
-		onOrigin  *snapshot.ErrStoreOnOrigin
-		unsafeDir *snapshot.ErrUnsafeStateDir
-		active    *snapshot.ErrActive
-		refused   *snapshot.ErrRefused
-		busyDev   *snapshot.ErrOriginBusy
-		inactive  *snapshot.ErrNotActive
+		busy      *snapshot.BusyError
+		intr      *snapshot.InterruptedError
+		wrong     *snapshot.WrongPhaseError
+		inUse     *snapshot.InUseError
+		unusable  *snapshot.StoreUnusableError
+		changed   *snapshot.DeviceChangedError
+		corrupt   *snapshot.CorruptRecordError
+		unknown   *snapshot.UnknownVolumeError
+		noSpace   *snapshot.NoSpaceError
+		onOrigin  *snapshot.StoreOnOriginError
+		unsafeDir *snapshot.UnsafeStateDirError
+		active    *snapshot.ActiveError
+		refused   *snapshot.RefusedError
+		busyDev   *snapshot.OriginBusyError
+		inactive  *snapshot.NotActiveError
 	)
 	switch {
 	case errors.As(err, &busy):
