@@ -1,0 +1,117 @@
+package snapshot
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/hashicorp/go-multierror"
+	"github.com/snapctl/snapctl/merge"
+)
+
+// ActivateOptions modify Activate.
+type ActivateOptions struct {
+	Wait bool // wait for merges to finish (and finish the volume)
+}
+
+// Activate rebuilds each volume's stack from its record (all volumes when
+// names is empty), finishes or undoes interrupted operations, and runs
+// rollbacks scheduled with --at-next-activate. One volume's failure does
+// not stop the others; all errors are returned together.
+func (m *Manager) Activate(o ActivateOptions, names ...string) error {
+	if len(names) == 0 {
+		var err error
+		if names, err = m.Names(); err != nil {
+			return err
+		}
+	}
+	var errs *multierror.Error
+	for _, n := range names {
+		v, err := m.open(n)
+		if err != nil {
+			errs = multierror.Append(errs, err)
+			continue
+		}
+		err = m.activateOpts(v, o)
+		v.close()
+		if err != nil {
+			errs = multierror.Append(errs, fmt.Errorf("activate %q: %w", n, err))
+		}
+	}
+	if errs != nil && len(errs.Errors) == 1 {
+		return errs.Errors[0]
+	}
+	return errs.ErrorOrNil()
+}
+
+func (m *Manager) activate(v *volume) error { return m.activateOpts(v, ActivateOptions{}) }
+
+func (m *Manager) activateOpts(v *volume, o ActivateOptions) error {
+	if err := v.checkOrigin(); err != nil {
+		return err
+	}
+	switch v.rec.Phase {
+	case PhaseAttached:
+		v.cleanup()
+		if err := v.ensure(v.name(), linearTable(v.rec.Origin)); err != nil {
+			return err
+		}
+		return v.save()
+	case PhasePreparing:
+		return v.undoPrepare()
+	case PhaseDropping:
+		return v.drop("drop")
+	case PhaseMerging:
+		if strings.HasPrefix(v.rec.Step, "merge:offline") {
+			// Finish the offline merge, then activate as for any attached
+			// volume.
+			if _, err := v.mergeOffline(context.Background(), merge.OfflineOptions{}); err != nil {
+				return err
+			}
+			return v.ensure(v.name(), linearTable(v.rec.Origin))
+		}
+		return v.merge("merge", o.Wait)
+	case PhaseGrowing:
+		return v.finishGrow()
+	case PhasePrepared:
+		// After a reboot nothing exists: build the stack first, then run a
+		// rollback scheduled with --at-next-activate on top of it.
+		if err := v.buildPrepared(PhasePrepared); err != nil {
+			return err
+		}
+		if v.rec.Scheduled == "rollback" {
+			return v.rollback(o.Wait)
+		}
+		return nil
+	}
+	return fmt.Errorf("unknown phase %q", v.rec.Phase)
+}
+
+// Deactivate removes the volume's devices without changing its data or
+// state (before shutdown, or before an offline merge); Activate brings them
+// back. A merge under way stops and resumes at the next activate.
+func (m *Manager) Deactivate(name string) error {
+	v, err := m.open(name)
+	if err != nil {
+		return err
+	}
+	defer v.close()
+	switch v.rec.Phase {
+	case PhaseAttached, PhasePrepared, PhaseMerging:
+	default:
+		return &InterruptedError{Volume: name, Phase: v.rec.Phase, Step: v.rec.Step, Command: v.rec.Command}
+	}
+	if n, err := v.openCount(); err != nil {
+		return err
+	} else if n > 0 {
+		return &InUseError{Volume: name, Device: mapperPath(name), OpenCount: n, Op: "deactivate"}
+	}
+	if err := v.removeIfExists(name); err != nil {
+		return fmt.Errorf("deactivate %q: %w", name, err)
+	}
+	if err := v.removeStack(); err != nil {
+		return fmt.Errorf("deactivate %q: %w", name, err)
+	}
+	v.rec.event("deactivate", "")
+	return v.save()
+}

@@ -1,0 +1,48 @@
+package snapshot
+
+// Commit keeps the change: drop in checkpoint mode, merge in update mode.
+func (m *Manager) Commit(name string) error {
+	v, err := m.open(name)
+	if err != nil {
+		return err
+	}
+	defer v.close()
+	if v.rec.Mode == Update {
+		return v.merge("commit", true)
+	}
+	return v.drop("commit")
+}
+
+// RollbackOptions modify Rollback.
+type RollbackOptions struct {
+	// AtNextActivate records the rollback for `snapctl activate` to do at
+	// boot, before anything mounts the volume.
+	AtNextActivate bool
+	Wait           bool
+}
+
+// Rollback returns to the earlier content: merge in checkpoint mode, drop
+// in update mode. The volume must not be open (its content jumps back).
+func (m *Manager) Rollback(name string, o RollbackOptions) error {
+	v, err := m.open(name)
+	if err != nil {
+		return err
+	}
+	defer v.close()
+	if o.AtNextActivate {
+		if v.rec.Phase != PhasePrepared {
+			return &WrongPhaseError{Volume: name, Op: "rollback", Phase: v.rec.Phase, Mode: v.rec.Mode}
+		}
+		v.rec.Scheduled = "rollback"
+		v.rec.event("rollback scheduled", "for the next activate")
+		return v.save()
+	}
+	return v.rollback(o.Wait)
+}
+
+func (v *volume) rollback(wait bool) error {
+	if v.rec.Mode == Update {
+		return v.drop("rollback")
+	}
+	return v.merge("rollback", wait)
+}
