@@ -8,12 +8,11 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-multierror"
+	"github.com/snapctl/snapctl/internal/crashhook"
 )
 
 // Manager runs volume operations against one state directory.
@@ -115,7 +114,7 @@ func (v *volume) step(phase Phase, step string) error {
 		return err
 	}
 	v.m.Log.Debug("state", "volume", v.name(), "phase", phase, "step", step)
-	crashPoint(step)
+	crashhook.Point(step)
 	return nil
 }
 
@@ -124,26 +123,6 @@ func (v *volume) settle(phase Phase, event, detail string) error {
 	v.rec.Phase, v.rec.Step, v.rec.Command = phase, "", ""
 	v.rec.event(event, detail)
 	return v.save()
-}
-
-// crashPoint kills snapctl with SIGKILL when SNAPCTL_TEST_CRASH_AT names
-// this step, or when SNAPCTL_TEST_CRASH_AFTER counts down to it. It lets the
-// end-to-end tests kill snapctl at every step boundary of an operation,
-// exactly as a power cut or an OOM kill would.
-var crashCount int
-
-func crashPoint(step string) {
-	if at := os.Getenv("SNAPCTL_TEST_CRASH_AT"); at != "" && at == step {
-		fmt.Fprintf(os.Stderr, "snapctl: test hook: killed at step %s\n", step)
-		syscall.Kill(os.Getpid(), syscall.SIGKILL)
-	}
-	if n, err := strconv.Atoi(os.Getenv("SNAPCTL_TEST_CRASH_AFTER")); err == nil {
-		crashCount++
-		if crashCount == n {
-			fmt.Fprintf(os.Stderr, "snapctl: test hook: killed at step %d (%s)\n", n, step)
-			syscall.Kill(os.Getpid(), syscall.SIGKILL)
-		}
-	}
 }
 
 // checkOrigin verifies that the recorded origin path still names the
