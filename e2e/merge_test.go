@@ -68,7 +68,7 @@ func mgDisks(t *testing.T, sizes ...int64) []Disk {
 	}
 	const shm = "/dev/shm"
 	var st unix.Statfs_t
-	if err := unix.Statfs(shm, &st); err != nil || st.Type != unix.TMPFS_MAGIC || int64(st.Bavail)*st.Bsize < sum+(2<<30) {
+	if err := unix.Statfs(shm, &st); err != nil || st.Type != unix.TMPFS_MAGIC || int64(st.Bavail)*int64(st.Bsize) < sum+(2<<30) {
 		t.Logf("disk images in the temp directory (%s is not a tmpfs with %d MiB free)", shm, (sum+(2<<30))>>20)
 		return disks
 	}

@@ -388,7 +388,7 @@ func (bk *bowKill) restores(dev string) {
 	bigFile(t, filepath.Join(mnt, "f91"), 6, 91)
 	var fs syscall.Statfs_t
 	must(t, syscall.Statfs(mnt, &fs))
-	if free := int64(fs.Bfree) * fs.Bsize >> 20; free > 9 {
+	if free := int64(fs.Bfree) * int64(fs.Bsize) >> 20; free > 9 {
 		bigFile(t, filepath.Join(mnt, "filler"), int(free-8), 92)
 	}
 	fstrimBow(t, mnt)

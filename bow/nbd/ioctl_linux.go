@@ -69,9 +69,11 @@ func disconnect(fd int) error { return ioctl(fd, NBD_DISCONNECT, 0) }
 func doIt(fd int) error {
 	runtime.LockOSThread()
 	doingIt.Add(1) // never decremented: the thread stays signal-blind until it exits
-	all := unix.Sigset_t{}
+	// Every bit of every word: the words are 32 bits on 386 and arm,
+	// 64 elsewhere (sigset_t is 1024 bits either way).
+	var all unix.Sigset_t
 	for i := range all.Val {
-		all.Val[i] = ^uint64(0)
+		all.Val[i] = ^all.Val[i]
 	}
 	if err := unix.PthreadSigmask(unix.SIG_SETMASK, &all, nil); err != nil {
 		return fmt.Errorf("block signals for NBD_DO_IT: %w", err)
