@@ -205,7 +205,7 @@ func requestsOf(in []byte, maxRequest int) (map[uint64]Request, bool) {
 		}
 		in = in[RequestSize:]
 		if r.Type == CmdWrite {
-			if int(r.Length) > len(in) {
+			if uint64(r.Length) > uint64(len(in)) {
 				break
 			}
 			in = in[r.Length:]

@@ -200,7 +200,7 @@ func (c *session) readLoop(r *bufio.Reader) error {
 		case CmdDisc:
 			return nil
 		case CmdWrite:
-			if int(req.Length) > s.opts.MaxRequest || req.Length > 1<<31 {
+			if int64(req.Length) > int64(s.opts.MaxRequest) || req.Length > 1<<31 {
 				// Skip the payload without holding it, then refuse.
 				if _, err := io.CopyN(io.Discard, r, int64(req.Length)); err != nil {
 					return fmt.Errorf("read write payload of %d bytes: %w", req.Length, err)
@@ -215,7 +215,7 @@ func (c *session) readLoop(r *bufio.Reader) error {
 				return fmt.Errorf("read write payload of %d bytes: %w", req.Length, err)
 			}
 		case CmdRead:
-			if int(req.Length) > s.opts.MaxRequest || req.Length > 1<<31 {
+			if int64(req.Length) > int64(s.opts.MaxRequest) || req.Length > 1<<31 {
 				s.st.reads.Add(1)
 				c.finish(req, fmt.Errorf("read of %d bytes: more than %d", req.Length, s.opts.MaxRequest), NBD_EINVAL, nil)
 				continue
