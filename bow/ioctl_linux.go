@@ -2,9 +2,12 @@ package bow
 
 import (
 	"os"
+	"runtime"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/snapctl/snapctl/internal/platform"
 )
 
 // This file is bow's only gate to the kernel's block-device interface.
@@ -36,10 +39,8 @@ func punchHole(f *os.File, off, length int64) error {
 // datasync flushes a file's data and the device's write cache.
 func datasync(f *os.File) error { return unix.Fdatasync(int(f.Fd())) }
 
-func ioctlPtr(f *os.File, req uint, arg unsafe.Pointer) error {
-	_, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), uintptr(req), uintptr(arg))
-	if errno != 0 {
-		return errno
-	}
-	return nil
+func ioctlPtr(f *os.File, req uint32, arg unsafe.Pointer) error {
+	err := platform.Ioctl(f.Fd(), req, arg)
+	runtime.KeepAlive(f)
+	return err
 }

@@ -25,6 +25,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/snapctl/snapctl/internal/platform"
 )
 
 // Paths the client uses; variables so tests can point them at a fake tree.
@@ -63,7 +65,11 @@ const (
 //
 //	struct dm_name_list { __u64 dev; __u32 next; char name[]; };
 //
-// name starts at offset 12 (the flexible array is not padded to 16). Since
+// name starts at offset 12 (the flexible array is not padded to 16). C's
+// sizeof is 16 but 12 on 386, whose structs align __u64 to 4; the records
+// are the kernel's either way (dm-ioctl's compat handler passes a 32-bit
+// process's buffer through), and snapctl reads them by offset. This mirror
+// is 16 bytes everywhere. Since
 // ioctl version 4.37 the name's NUL is followed, at the next 8-byte
 // boundary, by __u32 event_nr and __u32 flags; when flags carries
 // DM_NAME_LIST_FLAG_HAS_UUID, the NUL-terminated uuid follows at the next
@@ -167,10 +173,9 @@ type reply struct {
 
 func (r reply) dev() Dev { return Dev{Major: unix.Major(r.hdr.Dev), Minor: unix.Minor(r.hdr.Dev)} }
 
-// ioctl runs one DM ioctl. EINTR is retried (a suspend waits interruptibly
-// and the Go runtime signals its threads; the kernel copies nothing back on
-// error). DM_BUFFER_FULL_FLAG repeats the request with twice the room.
-func (c *control) ioctl(cmd uintptr, req request) (reply, error) {
+// ioctl runs one DM ioctl. EINTR is retried by platform.Ioctl (a suspend
+// waits interruptibly and the Go runtime signals its threads). DM_BUFFER_FULL_FLAG repeats the request with twice the room.
+func (c *control) ioctl(cmd uint32, req request) (reply, error) {
 	room := req.answer
 	for {
 		size := align8(sizeofDmIoctl + max(len(req.payload), room))
@@ -185,16 +190,10 @@ func (c *control) ioctl(cmd uintptr, req request) (reply, error) {
 		copy(hdr.Name[:len(hdr.Name)-1], req.name)
 		copy(hdr.Uuid[:len(hdr.Uuid)-1], req.uuid)
 		copy(buf[sizeofDmIoctl:], req.payload)
-		var errno unix.Errno
-		for {
-			_, _, errno = unix.Syscall(unix.SYS_IOCTL, uintptr(c.fd), cmd, uintptr(unsafe.Pointer(&words[0])))
-			if errno != unix.EINTR {
-				break
-			}
-		}
+		err := platform.Ioctl(uintptr(c.fd), cmd, unsafe.Pointer(&words[0]))
 		runtime.KeepAlive(words)
-		if errno != 0 {
-			return reply{}, errno
+		if err != nil {
+			return reply{}, err
 		}
 		r := reply{hdr: *hdr}
 		if r.hdr.Flags&unix.DM_BUFFER_FULL_FLAG != 0 && room > 0 {

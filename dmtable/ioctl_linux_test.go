@@ -9,8 +9,22 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
+)
+
+// The sizes of include/uapi/linux/dm-ioctl.h are the same on every
+// architecture snapctl builds for (dm_ioctl's __u64 dev sits at offset 40),
+// so the 386 and arm builds, whose structs align 64-bit fields to 4, lay
+// them out as amd64 does. These assertions fail the test build, so a
+// cross-compiled `go vet` checks them where the binary cannot run.
+var (
+	_ = [1]struct{}{}[sizeofDmIoctl-312]
+	_ = [1]struct{}{}[sizeofDmTargetSpec-40]
+	_ = [1]struct{}{}[sizeofDmTargetVersions-16]
+	_ = [1]struct{}{}[offsetofDmNameListName-12]
+	_ = [1]struct{}{}[unsafe.Offsetof(unix.DmIoctl{}.Dev)-40]
 )
 
 // TestABISizes pins the C ABI of include/uapi/linux/dm-ioctl.h.
@@ -27,7 +41,9 @@ func TestABISizes(t *testing.T) {
 		{"offsetof(dm_target_spec, next)", offsetofSpecNext, 20},
 		{"offsetof(dm_target_spec, target_type)", offsetofSpecType, 24},
 		{"sizeof(struct dm_target_versions)", sizeofDmTargetVersions, 16},
-		{"sizeof(struct dm_name_list)", sizeofDmNameList, 16},
+		{"sizeof(dmNameList), the 16-byte mirror", sizeofDmNameList, 16},
+		{"offsetof(dm_ioctl, dev)", int(unsafe.Offsetof(unix.DmIoctl{}.Dev)), 40},
+		{"offsetof(dm_ioctl, name)", int(unsafe.Offsetof(unix.DmIoctl{}.Name)), 48},
 		{"offsetof(dm_name_list, name)", offsetofDmNameListName, 12},
 	} {
 		if c.got != c.want {

@@ -7,31 +7,6 @@ import (
 	"testing"
 )
 
-// TestABISizes pins the Go mirrors of the kernel structures to their C
-// sizes: a wrong size means the kernel reads or writes past them.
-func TestABISizes(t *testing.T) {
-	for _, tt := range []struct {
-		name string
-		got  uintptr
-		want uintptr
-	}{
-		{"struct fiemap", reflect.TypeFor[fiemapHeader]().Size(), 32},
-		{"struct fiemap_extent", reflect.TypeFor[fiemapExtent]().Size(), 56},
-		{"struct fsxattr", reflect.TypeFor[fsxattr]().Size(), 28},
-		{"fiemap request", reflect.TypeFor[fiemapRequest]().Size(), 32 + extentsPerCall*56},
-	} {
-		if tt.got != tt.want {
-			t.Errorf("%s: got %d bytes, want %d", tt.name, tt.got, tt.want)
-		}
-	}
-	if off := reflect.TypeFor[fiemapExtent]().Field(4).Offset; off != 40 {
-		t.Errorf("fe_flags at offset %d, want 40", off)
-	}
-	if FS_IOC_FIEMAP != 0xC020660B || F2FS_IOC_SET_PIN_FILE != 0x4004f50d || F2FS_IOC_GET_PIN_FILE != 0x8004f50e {
-		t.Errorf("ioctl numbers changed")
-	}
-}
-
 func TestFlagValidation(t *testing.T) {
 	tests := []struct {
 		flags Flags

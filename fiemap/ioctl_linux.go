@@ -12,83 +12,17 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/snapctl/snapctl/internal/platform"
 )
 
-// fiemapHeader is struct fiemap from include/uapi/linux/fiemap.h, without
-// its trailing flexible array fm_extents[] (32 bytes).
-type fiemapHeader struct {
-	Start         uint64 // fm_start: first logical byte to map (in)
-	Length        uint64 // fm_length: logical bytes to map (in)
-	Flags         uint32 // fm_flags: FIEMAP_FLAG_* (in/out)
-	MappedExtents uint32 // fm_mapped_extents: extents written to the array (out)
-	ExtentCount   uint32 // fm_extent_count: room in the array (in)
-	Reserved      uint32 // fm_reserved
-}
-
-// fiemapExtent is struct fiemap_extent from include/uapi/linux/fiemap.h
-// (56 bytes).
-type fiemapExtent struct {
-	Logical    uint64    // fe_logical: byte offset in the file
-	Physical   uint64    // fe_physical: byte offset on the filesystem's device
-	Length     uint64    // fe_length: bytes
-	Reserved64 [2]uint64 // fe_reserved64
-	Flags      uint32    // fe_flags: FIEMAP_EXTENT_*
-	Reserved   [3]uint32 // fe_reserved
-}
-
-// extentsPerCall is the room for extents in one FS_IOC_FIEMAP call.
-const extentsPerCall = 256
-
-// fiemapRequest is the memory FS_IOC_FIEMAP reads and writes: the header
-// immediately followed by its extent array, as the C flexible array member.
-type fiemapRequest struct {
-	hdr fiemapHeader
-	ext [extentsPerCall]fiemapExtent
-}
-
-// Request flags for fm_flags, from include/uapi/linux/fiemap.h.
-const (
-	FIEMAP_FLAG_SYNC  = 0x00000001 // sync the file before mapping it
-	FIEMAP_FLAG_XATTR = 0x00000002 // map the extended attribute tree instead
-	FIEMAP_FLAG_CACHE = 0x00000004 // request caching of the extents
-
-	// FIEMAP_MAX_OFFSET is the largest fm_length: "to the end of the file".
-	FIEMAP_MAX_OFFSET = ^uint64(0)
-)
-
-// Ioctl numbers. FS_IOC_FIEMAP is _IOWR('f', 11, struct fiemap) from
-// include/uapi/linux/fs.h. The F2FS numbers are from
-// include/uapi/linux/f2fs.h: _IOW/_IOR(0xf5, 13/14, __u32).
 // FS_IOC_GETFLAGS/SETFLAGS are _IOR/_IOW('f', 1/2, long) but move a 32-bit
-// int; x/sys/unix carries their per-architecture values.
+// int: their numbers vary with sizeof(long), and x/sys/unix carries each
+// architecture's.
 const (
-	FS_IOC_FIEMAP         = 0xC020660B
-	F2FS_IOC_SET_PIN_FILE = 0x4004F50D
-	F2FS_IOC_GET_PIN_FILE = 0x8004F50E
-	FS_IOC_FSGETXATTR     = 0x801C581F // _IOR('X', 31, struct fsxattr)
-	FS_IOC_GETFLAGS       = unix.FS_IOC_GETFLAGS
-	FS_IOC_SETFLAGS       = unix.FS_IOC_SETFLAGS
+	FS_IOC_GETFLAGS = unix.FS_IOC_GETFLAGS
+	FS_IOC_SETFLAGS = unix.FS_IOC_SETFLAGS
 )
-
-// Inode flags moved by FS_IOC_GETFLAGS/SETFLAGS, from include/uapi/linux/fs.h.
-const (
-	FS_IMMUTABLE_FL = 0x00000010 // no writes, truncation, renames or unlink
-	FS_NOCOW_FL     = 0x00800000 // f2fs reports a pinned file with this flag
-)
-
-// FS_XFLAG_REALTIME (struct fsxattr fsx_xflags) marks an XFS file whose data
-// lives on the realtime device, not on the device st_dev names.
-const FS_XFLAG_REALTIME = 0x00000001
-
-// fsxattr is struct fsxattr from include/uapi/linux/fs.h (28 bytes).
-type fsxattr struct {
-	Xflags     uint32 // fsx_xflags
-	Extsize    uint32 // fsx_extsize
-	Nextents   uint32 // fsx_nextents
-	Projid     uint32 // fsx_projid
-	Cowextsize uint32 // fsx_cowextsize
-	Pad        [8]byte
-}
 
 // Open flags used by Allocate and Map.
 const (
@@ -101,23 +35,18 @@ const (
 func isSymlinkLoop(err error) bool { return errors.Is(err, unix.ELOOP) }
 
 // ioctl runs one ioctl on f with a pointer argument.
-func ioctl(f *os.File, req uintptr, arg unsafe.Pointer) error {
+func ioctl(f *os.File, req uint32, arg unsafe.Pointer) error {
 	sc, err := f.SyscallConn()
 	if err != nil {
 		return err
 	}
-	var errno unix.Errno
-	cerr := sc.Control(func(fd uintptr) {
-		_, _, errno = unix.Syscall(unix.SYS_IOCTL, fd, req, uintptr(arg))
-	})
+	var ierr error
+	cerr := sc.Control(func(fd uintptr) { ierr = platform.Ioctl(fd, req, arg) })
 	runtime.KeepAlive(f)
 	if cerr != nil {
 		return cerr
 	}
-	if errno != 0 {
-		return errno
-	}
-	return nil
+	return ierr
 }
 
 // fiemapCall runs FS_IOC_FIEMAP once: up to extentsPerCall extents of f from
@@ -213,17 +142,6 @@ func fstatfs(f *os.File) (magic uint64, avail uint64, err error) {
 	return uint64(uint32(st.Type)), st.Bavail * uint64(st.Bsize), nil
 }
 
-// statInfo is what Map and Allocate need from stat(2).
-type statInfo struct {
-	dev          uint64 // st_dev
-	major, minor uint32 // of st_dev
-	size         uint64
-	blocks       uint64 // 512-byte units allocated
-	regular      bool
-	dir          bool
-	symlink      bool
-}
-
 func fromStat(st *unix.Stat_t) statInfo {
 	mode := st.Mode & unix.S_IFMT
 	return statInfo{
@@ -259,15 +177,6 @@ func fstat(f *os.File) (statInfo, error) {
 func lstat(path string) (statInfo, error) {
 	var st unix.Stat_t
 	if err := unix.Lstat(path, &st); err != nil {
-		return statInfo{}, err
-	}
-	return fromStat(&st), nil
-}
-
-// stat is stat(2): it follows symlinks.
-func stat(path string) (statInfo, error) {
-	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil {
 		return statInfo{}, err
 	}
 	return fromStat(&st), nil

@@ -9,31 +9,32 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/snapctl/snapctl/internal/platform"
 )
 
 // This file is the package's only gate to the kernel: the NBD ioctls of
 // include/uapi/linux/nbd.h (all _IO(0xab, n), the argument passed by
-// value), the socket pair, and process hardening.
+// value), the socket pair, and process hardening. _IO numbers differ on
+// powerpc (see platform.DirNone).
 const (
-	NBD_SET_SOCK        = 0xab00
-	NBD_SET_BLKSIZE     = 0xab01
-	NBD_DO_IT           = 0xab03
-	NBD_CLEAR_SOCK      = 0xab04
-	NBD_SET_SIZE_BLOCKS = 0xab07
-	NBD_DISCONNECT      = 0xab08
-	NBD_SET_TIMEOUT     = 0xab09
-	NBD_SET_FLAGS       = 0xab0a
+	nbdIO = platform.DirNone | 0xab<<platform.TypeShift
+
+	NBD_SET_SOCK        = nbdIO // n = 0
+	NBD_SET_BLKSIZE     = nbdIO | 1
+	NBD_DO_IT           = nbdIO | 3
+	NBD_CLEAR_SOCK      = nbdIO | 4
+	NBD_SET_SIZE_BLOCKS = nbdIO | 7
+	NBD_DISCONNECT      = nbdIO | 8
+	NBD_SET_TIMEOUT     = nbdIO | 9
+	NBD_SET_FLAGS       = nbdIO | 10
 )
 
 // nbdMajor is NBD_MAJOR of include/uapi/linux/major.h.
 const nbdMajor = 43
 
-func ioctl(fd int, req, arg uintptr) error {
-	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, arg)
-	if errno != 0 {
-		return errno
-	}
-	return nil
+func ioctl(fd int, req uint32, arg uintptr) error {
+	return platform.IoctlValue(uintptr(fd), req, arg)
 }
 
 // setBlockSize issues NBD_SET_BLKSIZE: the device's logical and physical
