@@ -6,7 +6,7 @@ BIN       ?= bin/snapctl
 FUZZTIME  ?= 3000x
 E2E_FLAGS ?= -count=1 -timeout 40m
 
-.PHONY: all build demo test lint unit check-units fuzz e2e bench man deps clean
+.PHONY: all build demo test lint unit cross check-units fuzz e2e bench man deps clean
 
 all: build
 
@@ -22,7 +22,7 @@ demo: deps build
 	bin/e2e.test -test.run '^TestDemo$$' -demo
 
 # The full suite: vet, unit tests, short fuzz runs, end-to-end on a real kernel.
-test: lint unit check-units fuzz e2e
+test: lint unit cross check-units fuzz e2e
 
 # Static checks: gofmt and goimports leave every file as it is; staticcheck
 # (pinned in go.mod's tool block) finds nothing, with and without the e2e tag.
@@ -37,6 +37,11 @@ unit:
 	$(GO) vet ./...
 	$(GO) vet -tags e2e ./e2e/
 	CGO_ENABLED=0 $(GO) test -count=1 ./...
+
+# Every architecture builds and vets; the pure packages build on darwin;
+# ABI and pure tests run on arm, arm64, riscv64, ppc64le under qemu-user.
+cross:
+	./scripts/cross.sh
 
 # The systemd units and initramfs hooks: systemd-analyze verify, shell syntax.
 check-units: build
