@@ -9,4 +9,6 @@
 // COW size formula, the store format reader, the bow engine and its log
 // over an io.ReaderAt/WriterAt) is plain Go and builds and tests anywhere,
 // as cilium/ebpf keeps golang.org/x/sys/unix behind its internal/unix.
+// TestGate holds those packages to it: only their *_linux.go files import
+// unsafe or golang.org/x/sys/unix.
 package platform
