@@ -39,7 +39,8 @@ unit:
 	CGO_ENABLED=0 $(GO) test -count=1 ./...
 
 # Every architecture builds and vets; the pure packages build on darwin;
-# ABI and pure tests run on arm, arm64, riscv64, ppc64le under qemu-user.
+# ABI tests run on arm, 386, arm64, riscv64, ppc64le under qemu-user, and
+# the pure unit tests on the 32-bit two (arm, 386).
 cross:
 	./scripts/cross.sh
 
