@@ -84,19 +84,19 @@ func (dmKernel) remove(name string) error                 { return dmtable.Remov
 func (dmKernel) table(name string) (dmtable.Table, error) { return dmtable.ReadTable(name) }
 func (dmKernel) flushBuffers(path string) error           { return dmtable.FlushBuffers(path) }
 
-func (dmKernel) status(name string) (snapStatus, error) {
+func (dmKernel) status(name string) (dmtable.SnapshotStatus, error) {
 	sts, err := dmtable.Status(name)
 	if err != nil {
-		return snapStatus{}, err
+		return dmtable.SnapshotStatus{}, err
 	}
 	if len(sts) != 1 {
-		return snapStatus{}, fmt.Errorf("status of %q: %d targets, want 1", name, len(sts))
+		return dmtable.SnapshotStatus{}, fmt.Errorf("status of %q: %d targets, want 1", name, len(sts))
 	}
 	st, err := dmtable.ParseSnapshotStatus(sts[0].Status)
 	if err != nil {
-		return snapStatus{}, fmt.Errorf("status of %q: %w", name, err)
+		return dmtable.SnapshotStatus{}, fmt.Errorf("status of %q: %w", name, err)
 	}
-	return snapStatus{State: st.State.String(), Allocated: st.Allocated, Total: st.Total, Metadata: st.Metadata}, nil
+	return st, nil
 }
 
 // directBuffer is an anonymous mapping: page aligned, as O_DIRECT needs.

@@ -1,6 +1,10 @@
 package snapshot
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/snapctl/snapctl/dmtable"
+)
 
 // InterruptedError is a volume whose last operation was cut short (killed,
 // power cut). Activate, or the same command again, finishes or undoes it.
@@ -57,17 +61,26 @@ func (e *InUseError) Error() string {
 // snapshot no longer holds a complete earlier image and must not be merged.
 type StoreUnusableError struct {
 	Volume string
-	State  string // "invalid", "overflow", "merge failed", or "bad header"
+	State  dmtable.SnapshotState // SnapshotInvalid, SnapshotOverflow or SnapshotMergeFailed
+	// Header, when set, is what is wrong with the store's header (State is
+	// then SnapshotInvalid): the kernel reported the snapshot healthy, but
+	// its store would merge as nothing.
+	Header string
 }
 
 func (e *StoreUnusableError) Error() string {
-	switch e.State {
-	case "overflow":
+	why := e.State.String()
+	if e.Header != "" {
+		why = e.Header
+	}
+	switch {
+	case e.Header != "":
+	case e.State == dmtable.SnapshotOverflow:
 		return fmt.Sprintf("volume %q: the store is full (Overflow): writes to the snapshot failed, so it does not hold the complete update; it must not be merged", e.Volume)
-	case "merge failed":
+	case e.State == dmtable.SnapshotMergeFailed:
 		return fmt.Sprintf("volume %q: the kernel reports Merge failed (an I/O error during the merge); the merge stopped part way and the store is kept", e.Volume)
 	}
-	return fmt.Sprintf("volume %q: the store is invalid (%s): the kernel dropped the snapshot because the store ran full or an I/O error hit the store or the origin (the kernel log says which: \"Unable to allocate exception\" or \"Error reading/writing\"); its earlier image is lost and merging it would do nothing", e.Volume, e.State)
+	return fmt.Sprintf("volume %q: the store is invalid (%s): the kernel dropped the snapshot because the store ran full or an I/O error hit the store or the origin (the kernel log says which: \"Unable to allocate exception\" or \"Error reading/writing\"); its earlier image is lost and merging it would do nothing", e.Volume, why)
 }
 
 // DeviceChangedError is an origin whose path now names another device than

@@ -75,7 +75,11 @@ func (v *volume) finishGrow() error {
 		return err
 	}
 	if inf.Exists {
-		if err := v.load(name, cowTable(v.rec.Store)); err != nil {
+		t, err := cowTable(v.rec.Store)
+		if err != nil {
+			return fmt.Errorf("grow %q: %w", v.name(), err)
+		}
+		if err := v.load(name, t); err != nil {
 			return fmt.Errorf("grow %q: load %q: %w", v.name(), name, err)
 		}
 		if err := v.suspendIfNeeded(name); err != nil {

@@ -3,6 +3,8 @@ package snapshot
 import (
 	"fmt"
 	"time"
+
+	"github.com/snapctl/snapctl/dmtable"
 )
 
 // Merge merges the store into the origin (the low-level verb: rollback in
@@ -27,7 +29,7 @@ func (v *volume) checkMergeable(op string) error {
 	if err != nil {
 		return fmt.Errorf("%s %q: status of %q: %w", op, v.name(), dev, err)
 	}
-	if !st.ok() {
+	if st.State != dmtable.SnapshotActive {
 		return &StoreUnusableError{Volume: v.name(), State: st.State}
 	}
 	magic, valid, err := v.m.k.readHeader(cowName(v.name()))
@@ -35,7 +37,7 @@ func (v *volume) checkMergeable(op string) error {
 		return fmt.Errorf("%s %q: read the store header: %w", op, v.name(), err)
 	}
 	if magic != snapMagic || valid != 1 {
-		return &StoreUnusableError{Volume: v.name(), State: fmt.Sprintf("bad header: magic %#x, valid %d", magic, valid)}
+		return &StoreUnusableError{Volume: v.name(), State: dmtable.SnapshotInvalid, Header: fmt.Sprintf("bad header: magic %#x, valid %d", magic, valid)}
 	}
 	return nil
 }
@@ -81,7 +83,7 @@ func (v *volume) merge(op string, wait bool) error {
 	}
 	if !done && !wait {
 		// A merge with nothing left (a small store) is finished now.
-		if st, err := v.m.k.status(v.name()); err != nil || !st.merged() {
+		if st, err := v.m.k.status(v.name()); err != nil || !st.Merged() {
 			v.rec.event(op, "merge handed over to the kernel")
 			return v.save()
 		}
@@ -122,7 +124,7 @@ func (v *volume) handover() (done bool, err error) {
 	if err != nil {
 		return false, err
 	}
-	if lt == "linear" {
+	if lt == dmtable.TypeLinear {
 		cur, err := v.m.k.table(name)
 		if err != nil {
 			return false, err
@@ -144,7 +146,7 @@ func (v *volume) handover() (done bool, err error) {
 	}
 	want := mergeTable(v.rec.Origin.Sectors, helper, cow, v.rec.Store)
 	switch lt {
-	case "snapshot-origin", "snapshot":
+	case dmtable.TypeSnapshotOrigin, dmtable.TypeSnapshot:
 		if err := v.suspendIfNeeded(name); err != nil {
 			return false, err
 		}
@@ -157,7 +159,7 @@ func (v *volume) handover() (done bool, err error) {
 		if err := v.m.k.resume(name); err != nil {
 			return false, err
 		}
-	case "snapshot-merge":
+	case dmtable.TypeSnapshotMerge:
 		if err := v.ensure(name, want); err != nil {
 			return false, err
 		}
@@ -165,7 +167,7 @@ func (v *volume) handover() (done bool, err error) {
 		// the kernel refuses a second merge table over the same store while
 		// it exists: remove NAME and build it again; the new target re-reads
 		// the store and goes on from where the merge stopped.
-		if st, err := v.m.k.status(name); err == nil && st.State == "merge failed" {
+		if st, err := v.m.k.status(name); err == nil && st.State == dmtable.SnapshotMergeFailed {
 			if n, err := v.openCount(); err != nil {
 				return false, err
 			} else if n > 0 {
@@ -195,17 +197,17 @@ func (v *volume) waitMerged() error {
 		if err != nil {
 			return err
 		}
-		if !st.ok() {
+		if st.State != dmtable.SnapshotActive {
 			return &StoreUnusableError{Volume: v.name(), State: st.State}
 		}
-		left := st.Allocated - st.Metadata
+		left := st.DataSectors()
 		if first == 0 {
 			first = left
 		}
 		if v.m.Progress != nil {
 			v.m.Progress(MergeProgress{Volume: v.name(), Total: first, Remaining: left, ChunkBytes: chunk * 512})
 		}
-		if st.merged() {
+		if st.Merged() {
 			return nil
 		}
 		time.Sleep(v.m.Poll)

@@ -114,21 +114,21 @@ func (k *modelKernel) table(name string) (dmtable.Table, error) {
 	return d.live, nil
 }
 
-func (k *modelKernel) status(name string) (snapStatus, error) {
+func (k *modelKernel) status(name string) (dmtable.SnapshotStatus, error) {
 	d, err := k.get(name)
 	if err != nil {
-		return snapStatus{}, err
+		return dmtable.SnapshotStatus{}, err
 	}
 	if len(d.live) != 1 {
-		return snapStatus{}, fmt.Errorf("status of %q: %d targets, want 1", name, len(d.live))
+		return dmtable.SnapshotStatus{}, fmt.Errorf("status of %q: %d targets, want 1", name, len(d.live))
 	}
 	switch d.live[0].Type {
 	case "snapshot":
-		return snapStatus{State: "active", Allocated: 48, Total: 816, Metadata: 16}, nil
+		return dmtable.SnapshotStatus{State: dmtable.SnapshotActive, Allocated: 48, Total: 816, Metadata: 16}, nil
 	case "snapshot-merge":
-		return snapStatus{State: "active", Allocated: 16, Total: 816, Metadata: 16}, nil
+		return dmtable.SnapshotStatus{State: dmtable.SnapshotActive, Allocated: 16, Total: 816, Metadata: 16}, nil
 	}
-	return snapStatus{}, fmt.Errorf("status of %q: a %s target", name, d.live[0].Type)
+	return dmtable.SnapshotStatus{}, fmt.Errorf("status of %q: a %s target", name, d.live[0].Type)
 }
 
 func (k *modelKernel) zeroHeader(name string, n int) error { _, err := k.get(name); return err }

@@ -334,11 +334,15 @@ func (v *volume) prepare(o PrepareOptions, p *Plan) error {
 	}
 	v.rec.Store.Segments = segs
 	p.Extents = len(segs)
-	p.Tables[cowName(v.name())] = cowTable(v.rec.Store).String()
+	cowT, err := cowTable(v.rec.Store)
+	if err != nil {
+		return err
+	}
+	p.Tables[cowName(v.name())] = cowT.String()
 	if err := v.step(PhasePreparing, "prepare:cow"); err != nil {
 		return err
 	}
-	if err := v.ensure(cowName(v.name()), cowTable(v.rec.Store)); err != nil {
+	if err := v.ensure(cowName(v.name()), cowT); err != nil {
 		return fmt.Errorf("create %q: %w", cowName(v.name()), err)
 	}
 	if err := v.m.k.zeroHeader(cowName(v.name()), int(o.ChunkSectors)*512); err != nil {

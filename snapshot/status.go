@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/snapctl/snapctl/cowsize"
+	"github.com/snapctl/snapctl/dmtable"
 )
 
 // DeviceStatus is one device of a volume's stack as the kernel sees it.
@@ -21,13 +22,13 @@ type DeviceStatus struct {
 
 // Usage is how full the store is, from the kernel's snapshot status.
 type Usage struct {
-	State            string  `json:"state"` // active, invalid, overflow, merge failed, unknown
-	AllocatedSectors uint64  `json:"allocated_sectors"`
-	TotalSectors     uint64  `json:"total_sectors"`
-	MetadataSectors  uint64  `json:"metadata_sectors"`
-	DataChunks       uint64  `json:"data_chunks"`
-	ChunksLeft       uint64  `json:"chunks_left"` // data chunks that still fit
-	PercentFull      float64 `json:"percent_full"`
+	State            dmtable.SnapshotState `json:"state"` // active, invalid, overflow, merge failed, unknown
+	AllocatedSectors uint64                `json:"allocated_sectors"`
+	TotalSectors     uint64                `json:"total_sectors"`
+	MetadataSectors  uint64                `json:"metadata_sectors"`
+	DataChunks       uint64                `json:"data_chunks"`
+	ChunksLeft       uint64                `json:"chunks_left"` // data chunks that still fit
+	PercentFull      float64               `json:"percent_full"`
 }
 
 // VolumeStatus is everything `snapctl status` reports about a volume.
@@ -97,7 +98,7 @@ func (m *Manager) Status(name string) (*VolumeStatus, error) {
 		return s, err
 	}
 	t, err := m.k.table(src)
-	if err != nil || len(t) != 1 || (t[0].Type != "snapshot" && t[0].Type != "snapshot-merge") {
+	if err != nil || len(t) != 1 || (t[0].Type != dmtable.TypeSnapshot && t[0].Type != dmtable.TypeSnapshotMerge) {
 		return s, err
 	}
 	st, err := m.k.status(src)
@@ -106,15 +107,15 @@ func (m *Manager) Status(name string) (*VolumeStatus, error) {
 	}
 	u := &Usage{State: st.State, AllocatedSectors: st.Allocated, TotalSectors: st.Total, MetadataSectors: st.Metadata}
 	chunk := uint64(rec.Store.ChunkSectors)
-	if st.ok() && chunk > 0 {
-		u.DataChunks = (st.Allocated - st.Metadata) / chunk
+	if st.State == dmtable.SnapshotActive && chunk > 0 {
+		u.DataChunks = st.DataSectors() / chunk
 		if st.Total > 0 {
 			u.PercentFull = float64(st.Allocated) * 100 / float64(st.Total)
 		}
 		u.ChunksLeft = chunksLeft(st.Total/chunk, u.DataChunks, chunk)
 	}
 	s.Usage = u
-	if t[0].Type == "snapshot-merge" {
+	if t[0].Type == dmtable.TypeSnapshotMerge {
 		left := u.DataChunks
 		s.MergeChunksLeft = &left
 	}
@@ -195,7 +196,7 @@ func (m *Manager) monitorOne(name string, o MonitorOptions, warned map[string]st
 	if s.Phase != PhasePrepared || s.Usage == nil {
 		return
 	}
-	if s.Usage.State != "active" {
+	if s.Usage.State != dmtable.SnapshotActive {
 		report(fmt.Sprintf("store is %s: the snapshot is lost; run `snapctl status %s` and drop it", s.Usage.State, name), true)
 		return
 	}

@@ -177,38 +177,18 @@ func (fileStore) segments(path string, inode uint64, chunkSectors uint32) ([]Seg
 		return nil, err
 	}
 	defer f.Close()
-	exts, err := fiemap.Extents(f)
+	m, err := fiemap.Map(path, dmtable.TableByDev, fiemap.MapOptions{ChunkSize: uint64(chunkSectors) * 512})
 	if err != nil {
 		return nil, err
 	}
-	fs, err := fiemap.StatFS(path)
+	// Map opened the path again: it must still be the store checked above.
+	g, err := openStore(path, inode)
 	if err != nil {
 		return nil, err
 	}
-	segs, err := fiemap.Resolve(exts, fs.Major, fs.Minor, dmtable.TableByDev)
-	if err != nil {
-		var dm fiemap.DirectMountError
-		if errors.As(err, &dm) && dm.Path == "" {
-			dm.Path = path
-			return nil, dm
-		}
-		return nil, err
-	}
-	if len(segs) > 0 {
-		maj, min, err := dmtable.ParseDevNum(segs[0].Dev)
-		if err != nil {
-			return nil, err
-		}
-		lim, err := fiemap.DeviceLimits(maj, min)
-		if err != nil {
-			return nil, err
-		}
-		if _, err := fiemap.CheckAlignment(path, fs.Dev, exts, segs, lim, uint64(chunkSectors)*512); err != nil {
-			return nil, err
-		}
-	}
-	out := make([]Segment, len(segs))
-	for i, s := range segs {
+	g.Close()
+	out := make([]Segment, len(m.Segments))
+	for i, s := range m.Segments {
 		out[i] = Segment{Dev: s.Dev, Offset: s.DevOffset, Length: s.Length}
 	}
 	return out, nil

@@ -734,9 +734,9 @@ func TestTypedErrorHints(t *testing.T) {
 		{err: &snapshot.WrongPhaseError{Volume: "vol", Op: "prepare", Phase: snapshot.PhasePrepared, Mode: snapshot.Update}, code: exitRefused, hint: "snapctl status vol"},
 		{err: &snapshot.WrongPhaseError{Volume: "vol", Op: "merge --offline", Phase: snapshot.PhaseMerging}, code: exitRefused, hint: "snapctl status vol"},
 		{err: &snapshot.InUseError{Volume: "vol", Device: "/dev/mapper/vol", OpenCount: 1, Op: "rollback"}, code: exitRefused, hint: "snapctl rollback vol --at-next-activate"},
-		{err: &snapshot.StoreUnusableError{Volume: "vol", State: "invalid"}, code: exitRefused, hint: "snapctl drop vol"},
-		{err: &snapshot.StoreUnusableError{Volume: "vol", State: "overflow"}, code: exitRefused, hint: "snapctl drop vol"},
-		{err: &snapshot.StoreUnusableError{Volume: "vol", State: "merge failed"}, code: exitFailure, hint: "snapctl activate --wait vol"},
+		{err: &snapshot.StoreUnusableError{Volume: "vol", State: dmtable.SnapshotInvalid}, code: exitRefused, hint: "snapctl drop vol"},
+		{err: &snapshot.StoreUnusableError{Volume: "vol", State: dmtable.SnapshotOverflow}, code: exitRefused, hint: "snapctl drop vol"},
+		{err: &snapshot.StoreUnusableError{Volume: "vol", State: dmtable.SnapshotMergeFailed}, code: exitFailure, hint: "snapctl activate --wait vol"},
 		{err: &snapshot.DeviceChangedError{Volume: "vol", Path: "/dev/sdb1", Recorded: "8:17", Now: "8:33"}, code: exitRefused, hint: "re-attach"},
 		{err: &snapshot.CorruptRecordError{Path: "/var/lib/snapctl/vol.json", Err: errors.New("unexpected EOF")}, code: exitInvalidData, hint: "record"},
 		{err: &snapshot.UnknownVolumeError{Name: "vol", Dir: "/var/lib/snapctl"}, code: exitRefused, hint: "snapctl attach vol"},
@@ -797,7 +797,7 @@ func TestTypedErrorHints(t *testing.T) {
 			name += "/" + string(e.Phase)
 		}
 		if e, ok := c.err.(*snapshot.StoreUnusableError); ok {
-			name += "/" + e.State
+			name += "/" + e.State.String()
 		}
 		switch c.err {
 		case merge.ErrInvalidStore:

@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/snapctl/snapctl/cowsize"
+	"github.com/snapctl/snapctl/dmtable"
 	"github.com/snapctl/snapctl/snapshot"
 )
 
@@ -320,8 +321,8 @@ func (a *app) printStatus(s *snapshot.VolumeStatus) {
 		a.printf("  store:  %s (%d bytes, chunk %d bytes, %d extents, overflow=%s)\n", s.Store.Path, s.Store.Bytes, s.Store.ChunkSectors*512, s.Extents, s.Store.Overflow)
 	}
 	if u := s.Usage; u != nil {
-		if u.State != "active" {
-			a.printf("  usage:  %s\n", strings.ToUpper(u.State))
+		if u.State != dmtable.SnapshotActive {
+			a.printf("  usage:  %s\n", strings.ToUpper(u.State.String()))
 		} else {
 			a.printf("  usage:  %d data chunks, %.1f%% full, %d chunks left\n", u.DataChunks, u.PercentFull, u.ChunksLeft)
 		}
@@ -586,7 +587,7 @@ func classifyVolumeErr(err error) (int, string, bool) {
 	case errors.As(err, &inUse):
 		return exitRefused, fmt.Sprintf("unmount it (`umount %s`), or schedule it for boot: `snapctl rollback %s --at-next-activate`", inUse.Device, inUse.Volume), true
 	case errors.As(err, &unusable):
-		if unusable.State == "merge failed" {
+		if unusable.State == dmtable.SnapshotMergeFailed {
 			return exitFailure, "fix the I/O error (see the kernel log), then `snapctl activate --wait " + unusable.Volume + "` restarts the merge where it stopped; do not drop a half-merged store", true
 		}
 		return exitRefused, "the snapshot cannot be merged; drop it with `snapctl drop " + unusable.Volume + "`", true
