@@ -27,7 +27,7 @@ func (v *volume) grow(by uint64) error {
 		return err
 	}
 	s := v.rec.Store
-	if s.Backend == "loop" {
+	if s.Backend == BackendLoop {
 		return fmt.Errorf("grow %q: not supported with --backend loop (the loop device's size is fixed); prepare with a larger --size", v.name())
 	}
 	chunk := uint64(s.ChunkSectors) * 512

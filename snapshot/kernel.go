@@ -94,7 +94,7 @@ func cowTable(s *Store) (dmtable.Table, error) {
 
 func snapshotParams(origin, cow string, s *Store) dmtable.SnapshotParams {
 	p := dmtable.SnapshotParams{Origin: origin, COW: cow, Store: dmtable.Persistent, Chunk: uint64(s.ChunkSectors)}
-	if s.Overflow == "fail" {
+	if s.Overflow == OverflowFail {
 		p.Store = dmtable.PersistentOverflow
 	}
 	return p

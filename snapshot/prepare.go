@@ -22,12 +22,9 @@ type PrepareOptions struct {
 	AutoBytes    func(origin string, chunkSectors uint32) (uint64, error)
 	MaxBytes     uint64 // cap for the checkpoint-mode auto size; 0 = none
 	ChunkSectors uint32
-	Overflow     string // "invalidate" (P) or "fail" (PO)
-	// Backend is "fiemap" (map the file's extents on the raw device; the
-	// default) or "loop" (a loop device over the file, for a filesystem
-	// mounted directly on a partition).
-	Backend string
-	DryRun  bool
+	Overflow     Overflow // OverflowInvalidate (the default) or OverflowFail
+	Backend      Backend  // BackendFIEMAP (the default) or BackendLoop
+	DryRun       bool
 }
 
 // Plan is what Prepare does (or, with DryRun, would do).
@@ -58,18 +55,18 @@ func (m *Manager) Prepare(o PrepareOptions) (*Plan, error) {
 		return nil, fmt.Errorf("prepare %q: unknown mode %q (want checkpoint or update)", o.Name, o.Mode)
 	}
 	if o.Overflow == "" {
-		o.Overflow = "invalidate"
+		o.Overflow = OverflowInvalidate
 	}
-	if o.Overflow != "invalidate" && o.Overflow != "fail" {
+	if o.Overflow != OverflowInvalidate && o.Overflow != OverflowFail {
 		return nil, fmt.Errorf("prepare %q: unknown overflow policy %q (want fail or invalidate)", o.Name, o.Overflow)
 	}
 	if o.ChunkSectors == 0 {
 		o.ChunkSectors = 8
 	}
 	if o.Backend == "" {
-		o.Backend = "fiemap"
+		o.Backend = BackendFIEMAP
 	}
-	if o.Backend != "fiemap" && o.Backend != "loop" {
+	if o.Backend != BackendFIEMAP && o.Backend != BackendLoop {
 		return nil, fmt.Errorf("prepare %q: unknown backend %q (want fiemap or loop)", o.Name, o.Backend)
 	}
 	if o.AutoBytes != nil {
@@ -296,7 +293,7 @@ func (v *volume) prepare(o PrepareOptions, p *Plan) error {
 	if err != nil {
 		return err
 	}
-	loop := o.Backend == "loop"
+	loop := o.Backend == BackendLoop
 	if loop {
 		inf, err := v.m.k.info(v.name())
 		if err != nil {

@@ -212,7 +212,7 @@ func (v *volume) originHelper() string {
 // buildLower makes NAME-cow and NAME-real/NAME-base exist and be live.
 func (v *volume) buildLower() error {
 	name := v.name()
-	if s := v.rec.Store; s.Backend == "loop" {
+	if s := v.rec.Store; s.Backend == BackendLoop {
 		// The loop device's number may differ after a reboot.
 		segs, err := v.m.fs.loopSegments(s.Path, s.Inode)
 		if err != nil {

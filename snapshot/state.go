@@ -47,6 +47,31 @@ func (p Phase) Busy() bool {
 	return false
 }
 
+// Backend is how NAME-cow reaches the store file's blocks.
+type Backend string
+
+const (
+	// BackendFIEMAP maps the file's extents (FIEMAP) on the raw devices
+	// beneath its filesystem; the file is immutable while it is mapped.
+	BackendFIEMAP Backend = "fiemap"
+	// BackendLoop puts a loop device with direct I/O over the file, for a
+	// filesystem mounted directly on a partition; the kernel then writes the
+	// store through its filesystem.
+	BackendLoop Backend = "loop"
+)
+
+// Overflow is what a full store does to the snapshot.
+type Overflow string
+
+const (
+	// OverflowInvalidate (table "P"): the kernel invalidates the snapshot.
+	OverflowInvalidate Overflow = "invalidate"
+	// OverflowFail (table "PO"): writes to the snapshot fail and the
+	// snapshot stays valid; an origin write that finds the store full still
+	// invalidates it.
+	OverflowFail Overflow = "fail"
+)
+
 // Device identifies a block device by the path the user gave, the device
 // number it had then, and its size, so a renumbered device is detected.
 type Device struct {
@@ -76,8 +101,8 @@ type Store struct {
 	Inode        uint64    `json:"inode"`
 	Bytes        uint64    `json:"bytes"`
 	ChunkSectors uint32    `json:"chunk_sectors"`
-	Backend      string    `json:"backend"`  // "fiemap"
-	Overflow     string    `json:"overflow"` // "invalidate" or "fail" (PO)
+	Backend      Backend   `json:"backend"`
+	Overflow     Overflow  `json:"overflow"`
 	Segments     []Segment `json:"segments"`
 }
 

@@ -220,7 +220,7 @@ func (fileStore) loopSegments(path string, inode uint64) ([]Segment, error) {
 }
 
 func (fileStore) release(s Store) (bool, error) {
-	if s.Backend == "loop" {
+	if s.Backend == BackendLoop {
 		if l, ok := loops[s.Path]; ok {
 			l.Close()
 			delete(loops, s.Path)

@@ -89,6 +89,7 @@ func newPrepareCmd(a *app) *cobra.Command {
 	var (
 		o                          snapshot.PrepareOptions
 		mode, size, chunk, maxSize string
+		overflow, backend          string
 		changes, newImage          string
 	)
 	c := &cobra.Command{
@@ -116,6 +117,7 @@ Examples:
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.Name, o.Mode, o.DryRun = args[0], snapshot.Mode(mode), a.dryRun
+			o.Overflow, o.Backend = snapshot.Overflow(overflow), snapshot.Backend(backend)
 			cb, err := cowsize.ParseBytes(chunk)
 			if err == nil {
 				err = cowsize.CheckChunk(cb)
@@ -188,8 +190,8 @@ Examples:
 	f.StringVar(&chunk, "chunk-size", "4K", "exception chunk size, a power of two from 4K to 512K")
 	f.StringVar(&changes, "changes", "", "file of byte ranges the update writes (offset length per line), for --size auto")
 	f.StringVar(&newImage, "new-image", "", "the new image, diffed against the origin, for --size auto")
-	f.StringVar(&o.Overflow, "overflow", "invalidate", "a full store: invalidate the snapshot, or fail writes to it (PO, update mode)")
-	f.StringVar(&o.Backend, "backend", "fiemap", "fiemap (map the file's blocks on the raw device) or loop (a loop device over the file, for a filesystem mounted directly on a partition)")
+	f.StringVar(&overflow, "overflow", "invalidate", "a full store: invalidate the snapshot, or fail writes to it (PO, update mode)")
+	f.StringVar(&backend, "backend", "fiemap", "fiemap (map the file's blocks on the raw device) or loop (a loop device over the file, for a filesystem mounted directly on a partition)")
 	f.BoolVar(&a.dryRun, "dry-run", false, "print what would be done; change nothing")
 	return c
 }
