@@ -1,14 +1,15 @@
 package snapshot
 
 import (
+	"context"
 	"fmt"
 )
 
 // Grow extends the store by at least by bytes, online: the file grows, its
 // new extents are mapped and NAME-cow is reloaded with more segments (the
 // kernel reads the store's size at every allocation).
-func (m *Manager) Grow(name string, by uint64) error {
-	v, err := m.open(name)
+func (m *Manager) Grow(ctx context.Context, name string, by uint64) error {
+	v, err := m.open(ctx, name)
 	if err != nil {
 		return err
 	}

@@ -1,6 +1,7 @@
 package snapshot
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -64,7 +65,11 @@ type volume struct {
 	lk  *volumeLock
 }
 
-func (m *Manager) lock(name string) (*volume, error) {
+// lock takes a volume's lock; a cancelled ctx takes nothing.
+func (m *Manager) lock(ctx context.Context, name string) (*volume, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	if err := CheckName(name); err != nil {
 		return nil, err
 	}
@@ -76,8 +81,8 @@ func (m *Manager) lock(name string) (*volume, error) {
 }
 
 // open locks a volume and reads its record.
-func (m *Manager) open(name string) (*volume, error) {
-	v, err := m.lock(name)
+func (m *Manager) open(ctx context.Context, name string) (*volume, error) {
+	v, err := m.lock(ctx, name)
 	if err != nil {
 		return nil, err
 	}
@@ -168,8 +173,8 @@ func (v *volume) checkFree() error {
 // Attach creates /dev/mapper/NAME as a linear map of origin, so that a
 // filesystem can be mounted on it and snapshotted live later. Attaching an
 // attached volume again is a no-op.
-func (m *Manager) Attach(name, origin string) error {
-	v, err := m.lock(name)
+func (m *Manager) Attach(ctx context.Context, name, origin string) error {
+	v, err := m.lock(ctx, name)
 	if err != nil {
 		return err
 	}
@@ -194,7 +199,7 @@ func (m *Manager) Attach(name, origin string) error {
 			}
 		}
 		if rec.Phase != PhaseAttached {
-			return m.activate(v)
+			return m.activate(ctx, v)
 		}
 	}
 	if err := v.checkOrigin(); err != nil {
@@ -214,8 +219,8 @@ func (m *Manager) Attach(name, origin string) error {
 
 // Detach forgets an attached volume: it removes /dev/mapper/NAME (which must
 // not be open) and the state record.
-func (m *Manager) Detach(name string) error {
-	v, err := m.open(name)
+func (m *Manager) Detach(ctx context.Context, name string) error {
+	v, err := m.open(ctx, name)
 	if err != nil {
 		return err
 	}

@@ -1,6 +1,7 @@
 package snapshot
 
 import (
+	"context"
 	"fmt"
 	"time"
 
@@ -9,14 +10,16 @@ import (
 
 // Merge merges the store into the origin (the low-level verb: rollback in
 // checkpoint mode, commit in update mode). With wait false it returns once
-// the kernel has taken the merge over.
-func (m *Manager) Merge(name string, wait bool) error {
-	v, err := m.open(name)
+// the kernel has taken the merge over. When ctx ends while the merge is
+// waited for, Merge returns ctx's error and the kernel goes on merging: the
+// volume stays merging, and Merge or Activate again finishes it.
+func (m *Manager) Merge(ctx context.Context, name string, wait bool) error {
+	v, err := m.open(ctx, name)
 	if err != nil {
 		return err
 	}
 	defer v.close()
-	return v.merge("merge", wait)
+	return v.merge(ctx, "merge", wait)
 }
 
 // storeState reads the kernel's view of the snapshot before a merge.
@@ -45,7 +48,7 @@ func (v *volume) checkMergeable(op string) error {
 // snapMagic is the persistent exception store's header magic ("SnAp").
 const snapMagic = 0x70416e53
 
-func (v *volume) merge(op string, wait bool) error {
+func (v *volume) merge(ctx context.Context, op string, wait bool) error {
 	switch v.rec.Phase {
 	case PhasePrepared, PhaseMerging:
 	case PhaseAttached:
@@ -92,7 +95,7 @@ func (v *volume) merge(op string, wait bool) error {
 		if err := v.step(PhaseMerging, "merge:wait"); err != nil {
 			return err
 		}
-		if err := v.waitMerged(); err != nil {
+		if err := v.waitMerged(ctx); err != nil {
 			return fmt.Errorf("%s %q: %w", op, v.name(), err)
 		}
 	}
@@ -188,8 +191,8 @@ func (v *volume) handover() (done bool, err error) {
 	return false, v.removeIfExists(snapName(name))
 }
 
-// waitMerged polls NAME's status until the merge is complete.
-func (v *volume) waitMerged() error {
+// waitMerged polls NAME's status until the merge is complete or ctx ends.
+func (v *volume) waitMerged(ctx context.Context) error {
 	chunk := uint64(v.rec.Store.ChunkSectors)
 	var first uint64
 	for {
@@ -210,6 +213,12 @@ func (v *volume) waitMerged() error {
 		if st.Merged() {
 			return nil
 		}
-		time.Sleep(v.m.Poll)
+		poll := time.NewTimer(v.m.Poll)
+		select {
+		case <-ctx.Done():
+			poll.Stop()
+			return fmt.Errorf("wait for the merge of %q: %w", v.name(), ctx.Err())
+		case <-poll.C:
+		}
 	}
 }

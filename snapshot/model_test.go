@@ -12,12 +12,14 @@ import (
 
 // modelKernel is device-mapper as the lifecycle sees it, in memory: devices
 // with a live and an inactive table, suspended or not. A snapshot-merge
-// table reads as merged at once. It records the calls that change
+// table reads as merged at once, unless merging is set. It records the calls that change
 // something, in order, as "op name [target type]".
 type modelKernel struct {
 	devs  map[string]*modelDev
 	next  int
 	calls []string
+	// merging keeps a snapshot-merge table unfinished, one data chunk left.
+	merging bool
 }
 
 type modelDev struct {
@@ -126,6 +128,9 @@ func (k *modelKernel) status(name string) (dmtable.SnapshotStatus, error) {
 	case "snapshot":
 		return dmtable.SnapshotStatus{State: dmtable.SnapshotActive, Allocated: 48, Total: 816, Metadata: 16}, nil
 	case "snapshot-merge":
+		if k.merging {
+			return dmtable.SnapshotStatus{State: dmtable.SnapshotActive, Allocated: 24, Total: 816, Metadata: 16}, nil
+		}
 		return dmtable.SnapshotStatus{State: dmtable.SnapshotActive, Allocated: 16, Total: 816, Metadata: 16}, nil
 	}
 	return dmtable.SnapshotStatus{}, fmt.Errorf("status of %q: a %s target", name, d.live[0].Type)

@@ -32,7 +32,7 @@ func (m *Manager) progressFile(name string) string {
 // idempotent); the store is invalidated only after the origin is durable,
 // and the volume then ends attached, as after a kernel merge.
 func (m *Manager) MergeOffline(ctx context.Context, name string, opts merge.OfflineOptions) (*merge.OfflineResult, error) {
-	v, err := m.open(name)
+	v, err := m.open(ctx, name)
 	if err != nil {
 		return nil, err
 	}

@@ -1,6 +1,7 @@
 package snapshot
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -19,7 +20,7 @@ type PrepareOptions struct {
 	// Bytes is the store size; 0 means auto: AutoBytes in update mode, the
 	// store filesystem's free space less a reserve in checkpoint mode.
 	Bytes        uint64
-	AutoBytes    func(origin string, chunkSectors uint32) (uint64, error)
+	AutoBytes    func(ctx context.Context, origin string, chunkSectors uint32) (uint64, error)
 	MaxBytes     uint64 // cap for the checkpoint-mode auto size; 0 = none
 	ChunkSectors uint32
 	Overflow     Overflow // OverflowInvalidate (the default) or OverflowFail
@@ -47,7 +48,10 @@ func reserve(total uint64) uint64 { return min(total/20, 256<<20) }
 // Prepare creates the store and builds the snapshot stack over the volume.
 // An unattached volume is attached first. If anything fails, everything
 // prepare did is undone and both errors are returned.
-func (m *Manager) Prepare(o PrepareOptions) (*Plan, error) {
+func (m *Manager) Prepare(ctx context.Context, o PrepareOptions) (*Plan, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	if o.Mode == "" {
 		o.Mode = Checkpoint
 	}
@@ -82,19 +86,21 @@ func (m *Manager) Prepare(o PrepareOptions) (*Plan, error) {
 			return nil, err
 		}
 		// Refuse what the plan refuses before attaching anything.
-		plan, err := m.plan(nil, o)
+		plan, err := m.plan(ctx, nil, o)
 		if err != nil || o.DryRun {
 			return plan, err
 		}
-		if err := m.Attach(o.Name, o.Origin); err != nil {
+		if err := m.Attach(ctx, o.Name, o.Origin); err != nil {
 			return nil, err
 		}
 		attachedHere = true
 	}
-	plan, err := m.prepareAttached(o)
+	plan, err := m.prepareAttached(ctx, o)
 	if err != nil && attachedHere {
 		// The volume did not exist before: leave it so.
-		if derr := m.Detach(o.Name); derr != nil {
+		// Undo with a context of its own: a cancelled ctx must not leave
+		// the attach behind.
+		if derr := m.Detach(context.WithoutCancel(ctx), o.Name); derr != nil {
 			return nil, joinErr(err, derr)
 		}
 	}
@@ -109,16 +115,16 @@ func (m *Manager) Prepare(o PrepareOptions) (*Plan, error) {
 // the origin underneath (every write in checkpoint mode, the merge in
 // update mode), which would leave what f read there stale for buffered
 // readers.
-func (m *Manager) sizeOnce(f func(origin string, chunkSectors uint32) (uint64, error), dropCache bool) func(string, uint32) (uint64, error) {
+func (m *Manager) sizeOnce(f func(ctx context.Context, origin string, chunkSectors uint32) (uint64, error), dropCache bool) func(context.Context, string, uint32) (uint64, error) {
 	var (
 		done bool
 		n    uint64
 		err  error
 	)
-	return func(origin string, chunkSectors uint32) (uint64, error) {
+	return func(ctx context.Context, origin string, chunkSectors uint32) (uint64, error) {
 		if !done {
 			done = true
-			n, err = f(origin, chunkSectors)
+			n, err = f(ctx, origin, chunkSectors)
 			if err == nil && dropCache {
 				err = m.k.flushBuffers(origin)
 			}
@@ -127,8 +133,8 @@ func (m *Manager) sizeOnce(f func(origin string, chunkSectors uint32) (uint64, e
 	}
 }
 
-func (m *Manager) prepareAttached(o PrepareOptions) (*Plan, error) {
-	v, err := m.open(o.Name)
+func (m *Manager) prepareAttached(ctx context.Context, o PrepareOptions) (*Plan, error) {
+	v, err := m.open(ctx, o.Name)
 	if err != nil {
 		return nil, err
 	}
@@ -149,7 +155,7 @@ func (m *Manager) prepareAttached(o PrepareOptions) (*Plan, error) {
 		return nil, err
 	}
 	v.cleanup()
-	plan, err := m.plan(v, o)
+	plan, err := m.plan(ctx, v, o)
 	if err != nil || o.DryRun {
 		return plan, err
 	}
@@ -173,7 +179,7 @@ func (m *Manager) prepareAttached(o PrepareOptions) (*Plan, error) {
 
 // plan checks the request and sizes the store; v is nil for a volume not
 // attached yet (dry run only).
-func (m *Manager) plan(v *volume, o PrepareOptions) (*Plan, error) {
+func (m *Manager) plan(ctx context.Context, v *volume, o PrepareOptions) (*Plan, error) {
 	chunkBytes := uint64(o.ChunkSectors) * 512
 	var origin Device
 	if v != nil {
@@ -219,7 +225,7 @@ func (m *Manager) plan(v *volume, o PrepareOptions) (*Plan, error) {
 	case o.Bytes > 0:
 		p.StoreBytes, p.SizeReason = o.Bytes, "as requested"
 	case o.AutoBytes != nil:
-		n, err := o.AutoBytes(origin.Path, o.ChunkSectors)
+		n, err := o.AutoBytes(ctx, origin.Path, o.ChunkSectors)
 		if err != nil {
 			return nil, fmt.Errorf("prepare %q: size the store: %w", o.Name, err)
 		}

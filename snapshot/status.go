@@ -53,7 +53,10 @@ type VolumeStatus struct {
 
 // Status reads a volume's record and its devices' kernel state without
 // taking the volume's lock, so it works while an operation runs.
-func (m *Manager) Status(name string) (*VolumeStatus, error) {
+func (m *Manager) Status(ctx context.Context, name string) (*VolumeStatus, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	if err := CheckName(name); err != nil {
 		return nil, err
 	}
@@ -158,7 +161,7 @@ func (m *Manager) Monitor(ctx context.Context, o MonitorOptions) error {
 			}
 		}
 		for _, n := range names {
-			m.monitorOne(n, o, warned)
+			m.monitorOne(ctx, n, o, warned)
 		}
 		select {
 		case <-ctx.Done():
@@ -168,7 +171,7 @@ func (m *Manager) Monitor(ctx context.Context, o MonitorOptions) error {
 	}
 }
 
-func (m *Manager) monitorOne(name string, o MonitorOptions, warned map[string]string) {
+func (m *Manager) monitorOne(ctx context.Context, name string, o MonitorOptions, warned map[string]string) {
 	report := func(msg string, warning bool) {
 		if warned[name] == msg {
 			return
@@ -178,7 +181,7 @@ func (m *Manager) monitorOne(name string, o MonitorOptions, warned map[string]st
 			o.Report(name, msg, warning)
 		}
 	}
-	s, err := m.Status(name)
+	s, err := m.Status(ctx, name)
 	if err != nil {
 		report(fmt.Sprintf("cannot read status: %v", err), true)
 		return
@@ -186,9 +189,9 @@ func (m *Manager) monitorOne(name string, o MonitorOptions, warned map[string]st
 	if s.Phase == PhaseMerging && !strings.HasPrefix(s.Step, "merge:offline") {
 		// Finish a merge the kernel completed (after a reboot, or after
 		// --no-wait); one still running is left to the kernel.
-		if err := m.Merge(name, false); err != nil {
+		if err := m.Merge(ctx, name, false); err != nil {
 			report(fmt.Sprintf("cannot finish the merge: %v", err), true)
-		} else if st, err := m.Status(name); err == nil && st.Phase == PhaseAttached && o.Report != nil {
+		} else if st, err := m.Status(ctx, name); err == nil && st.Phase == PhaseAttached && o.Report != nil {
 			o.Report(name, "merge complete: the volume is back to linear and its store is deleted", false)
 		}
 		return
@@ -205,7 +208,7 @@ func (m *Manager) monitorOne(name string, o MonitorOptions, warned map[string]st
 		return
 	}
 	by := uint64(float64(s.Store.Bytes) * o.Percent / 100)
-	if err := m.Grow(name, by); err != nil {
+	if err := m.Grow(ctx, name, by); err != nil {
 		report(fmt.Sprintf("store is %.1f%% full and cannot grow: %v", s.Usage.PercentFull, err), true)
 		return
 	}

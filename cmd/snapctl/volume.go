@@ -66,10 +66,10 @@ Example:
 			if err != nil {
 				return err
 			}
-			if err := m.Attach(args[0], origin); err != nil {
+			if err := m.Attach(cmd.Context(), args[0], origin); err != nil {
 				return err
 			}
-			return a.report(m, args[0], fmt.Sprintf("attached %s as /dev/mapper/%s\n", origin, args[0]))
+			return a.report(cmd.Context(), m, args[0], fmt.Sprintf("attached %s as /dev/mapper/%s\n", origin, args[0]))
 		},
 	}
 	c.Flags().StringVar(&origin, "origin", "", "the origin block device")
@@ -137,8 +137,8 @@ Examples:
 			switch {
 			case size == "auto":
 				if changes != "" || newImage != "" {
-					o.AutoBytes = func(origin string, cs uint32) (uint64, error) {
-						return autoSize(cmd.Context(), a, origin, changes, newImage, cs)
+					o.AutoBytes = func(ctx context.Context, origin string, cs uint32) (uint64, error) {
+						return autoSize(ctx, a, origin, changes, newImage, cs)
 					}
 				}
 			default:
@@ -153,7 +153,7 @@ Examples:
 			if err != nil {
 				return err
 			}
-			plan, err := m.Prepare(o)
+			plan, err := m.Prepare(cmd.Context(), o)
 			if err != nil {
 				return err
 			}
@@ -240,14 +240,14 @@ short. It is also the recovery command after a crash or a killed snapctl.`,
 				return err
 			}
 			m.Progress = a.mergeProgress()
-			if err := m.Activate(o, args...); err != nil {
+			if err := m.Activate(cmd.Context(), o, args...); err != nil {
 				return err
 			}
 			if len(args) == 0 {
 				args, _ = m.Names()
 			}
 			for _, n := range args {
-				if s, err := m.Status(n); err == nil && !a.json {
+				if s, err := m.Status(cmd.Context(), n); err == nil && !a.json {
 					a.printf("%s: %s%s\n", n, s.Phase, modeSuffix(s))
 				}
 			}
@@ -287,7 +287,7 @@ chunks used, percent full, chunks left, Invalid/Overflow) and merge progress.
 			}
 			all := []*snapshot.VolumeStatus{}
 			for _, n := range names {
-				s, err := m.Status(n)
+				s, err := m.Status(cmd.Context(), n)
 				if err != nil {
 					return err
 				}
@@ -348,25 +348,25 @@ func (a *app) printStatus(s *snapshot.VolumeStatus) {
 // its argument names, with merge progress on stderr, and reports the
 // outcome: done (a format with the volume's name) or, with --json, the
 // volume's status.
-func (a *app) volumeOp(op func(m *snapshot.Manager, name string) error, done string) func(*cobra.Command, []string) error {
+func (a *app) volumeOp(op func(m *snapshot.Manager, ctx context.Context, name string) error, done string) func(*cobra.Command, []string) error {
 	return func(cmd *cobra.Command, args []string) error {
 		m, err := a.manager(cmd)
 		if err != nil {
 			return err
 		}
 		m.Progress = a.mergeProgress()
-		if err := op(m, args[0]); err != nil {
+		if err := op(m, cmd.Context(), args[0]); err != nil {
 			return err
 		}
-		return a.report(m, args[0], fmt.Sprintf(done+"\n", args[0]))
+		return a.report(cmd.Context(), m, args[0], fmt.Sprintf(done+"\n", args[0]))
 	}
 }
 
 // report prints a volume's status after a command, or its JSON; for a
 // volume that no longer has a record (detach), the JSON says so.
-func (a *app) report(m *snapshot.Manager, name, human string) error {
+func (a *app) report(ctx context.Context, m *snapshot.Manager, name, human string) error {
 	if a.json {
-		s, err := m.Status(name)
+		s, err := m.Status(ctx, name)
 		var unknown *snapshot.UnknownVolumeError
 		if errors.As(err, &unknown) {
 			return a.printDoc(&detachedDoc{Name: name, Phase: "detached"})
@@ -412,14 +412,14 @@ mounts the volume).`,
 			}
 			m.Progress = a.mergeProgress()
 			o.Wait = true
-			if err := m.Rollback(args[0], o); err != nil {
+			if err := m.Rollback(cmd.Context(), args[0], o); err != nil {
 				return err
 			}
 			msg := fmt.Sprintf("rolled back %s\n", args[0])
 			if o.AtNextActivate {
 				msg = fmt.Sprintf("rollback of %s scheduled for the next `snapctl activate`\n", args[0])
 			}
-			return a.report(m, args[0], msg)
+			return a.report(cmd.Context(), m, args[0], msg)
 		},
 	}
 	c.Flags().BoolVar(&o.AtNextActivate, "at-next-activate", false, "schedule the rollback for the next activate instead of doing it now")
@@ -456,14 +456,14 @@ kernel goes on merging; 'snapctl merge NAME' again, or 'snapctl activate
 				return err
 			}
 			m.Progress = a.mergeProgress()
-			if err := m.Merge(args[0], !noWait); err != nil {
+			if err := m.Merge(cmd.Context(), args[0], !noWait); err != nil {
 				return err
 			}
 			msg := fmt.Sprintf("merged %s\n", args[0])
 			if noWait {
 				msg = fmt.Sprintf("merge of %s handed over to the kernel\n", args[0])
 			}
-			return a.report(m, args[0], msg)
+			return a.report(cmd.Context(), m, args[0], msg)
 		},
 	}
 	c.Flags().BoolVar(&noWait, "no-wait", false, "return once the kernel has taken the merge over")
@@ -507,10 +507,10 @@ func newGrowCmd(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if err := m.Grow(args[0], n); err != nil {
+			if err := m.Grow(cmd.Context(), args[0], n); err != nil {
 				return err
 			}
-			return a.report(m, args[0], fmt.Sprintf("grew the store of %s by %s\n", args[0], by))
+			return a.report(cmd.Context(), m, args[0], fmt.Sprintf("grew the store of %s by %s\n", args[0], by))
 		},
 	}
 	c.Flags().StringVar(&by, "by", "", "how much to add, e.g. 256M")
