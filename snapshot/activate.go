@@ -2,10 +2,10 @@ package snapshot
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 
-	"github.com/hashicorp/go-multierror"
 	"github.com/snapctl/snapctl/merge"
 )
 
@@ -25,23 +25,23 @@ func (m *Manager) Activate(ctx context.Context, o ActivateOptions, names ...stri
 			return err
 		}
 	}
-	var errs *multierror.Error
+	var errs []error
 	for _, n := range names {
 		v, err := m.open(ctx, n)
 		if err != nil {
-			errs = multierror.Append(errs, err)
+			errs = append(errs, err)
 			continue
 		}
 		err = m.activateOpts(ctx, v, o)
 		v.close()
 		if err != nil {
-			errs = multierror.Append(errs, fmt.Errorf("activate %q: %w", n, err))
+			errs = append(errs, fmt.Errorf("activate %q: %w", n, err))
 		}
 	}
-	if errs != nil && len(errs.Errors) == 1 {
-		return errs.Errors[0]
+	if len(errs) == 1 {
+		return errs[0]
 	}
-	return errs.ErrorOrNil()
+	return errors.Join(errs...)
 }
 
 func (m *Manager) activate(ctx context.Context, v *volume) error {

@@ -12,7 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/hashicorp/go-multierror"
 	"github.com/snapctl/snapctl/internal/crashhook"
 )
 
@@ -259,5 +258,5 @@ func joinErr(err, undo error) error {
 	if undo == nil {
 		return err
 	}
-	return multierror.Append(err, fmt.Errorf("undo: %w", undo))
+	return errors.Join(err, fmt.Errorf("undo: %w", undo))
 }
