@@ -16,7 +16,7 @@ type ActivateOptions struct {
 
 // Activate rebuilds each volume's stack from its record (all volumes when
 // names is empty), finishes or undoes interrupted operations, and runs
-// rollbacks scheduled with --at-next-activate. One volume's failure does
+// rollbacks scheduled with RollbackOptions.AtNextActivate. One volume's failure does
 // not stop the others; all errors are returned together.
 func (m *Manager) Activate(ctx context.Context, o ActivateOptions, names ...string) error {
 	if len(names) == 0 {
@@ -77,7 +77,7 @@ func (m *Manager) activateOpts(ctx context.Context, v *volume, o ActivateOptions
 		return v.finishGrow()
 	case PhasePrepared:
 		// After a reboot nothing exists: build the stack first, then run a
-		// rollback scheduled with --at-next-activate on top of it.
+		// rollback scheduled for the next activate on top of it.
 		if err := v.buildPrepared(PhasePrepared); err != nil {
 			return err
 		}

@@ -1,6 +1,7 @@
 package snapshot
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/snapctl/snapctl/dmtable"
@@ -114,13 +115,39 @@ type StoreOnOriginError struct {
 
 func (e *StoreOnOriginError) Error() string { return fmt.Sprintf("store %s: %s", e.Path, e.Reason) }
 
+// Refusal says which request a RefusedError refused, for a caller that
+// tells its user what to do instead (the CLI turns it into a hint naming
+// its flags).
+type Refusal int
+
+const (
+	// RefusedOther is a refusal the Reason and Hint describe.
+	RefusedOther Refusal = iota
+	// RefusedOtherOrigin: the volume is attached to another origin than the
+	// one given (Device).
+	RefusedOtherOrigin
+	// RefusedNoOrigin: the volume is not attached and no origin was given.
+	RefusedNoOrigin
+	// RefusedOriginTooSmall: the origin is smaller than one chunk.
+	RefusedOriginTooSmall
+	// RefusedNoStorePath: no store path was given.
+	RefusedNoStorePath
+	// RefusedStoreExists: the store path exists already.
+	RefusedStoreExists
+	// RefusedStoreDirShared: the store's directory is writable by everyone.
+	RefusedStoreDirShared
+)
+
 // RefusedError is a request snapctl will not carry out as given: the reason
 // says what is wrong with it. Nothing was changed.
 type RefusedError struct {
 	Volume string
 	Op     string
+	Kind   Refusal
 	Reason string
-	Hint   string // what to do instead
+	// Device is the device the request named, where Kind is about one.
+	Device string
+	Hint   string // what to do instead, for RefusedOther
 }
 
 func (e *RefusedError) Error() string {
@@ -139,6 +166,15 @@ func (e *OriginBusyError) Error() string {
 	return fmt.Sprintf("volume %q: origin %s is in use (a filesystem mounted on it directly, or another device holds it): %v", e.Volume, e.Path, e.Err)
 }
 func (e *OriginBusyError) Unwrap() error { return e.Err }
+
+// ErrNoStoreSize is an update-mode prepare given neither a store size nor a
+// change set to size the store from: in update mode the store must hold the
+// whole update, which the filesystem's free space says nothing about.
+var ErrNoStoreSize = errors.New("update mode needs a store size, or a change set (byte ranges or the new image) to size the store from")
+
+// ErrLoopFixedSize is a grow of a store behind a loop device, whose size is
+// fixed once the device is set up.
+var ErrLoopFixedSize = errors.New("a store on a loop device cannot grow (the loop device's size is fixed)")
 
 // NotActiveError is an operation that needs the volume's devices, on a
 // volume whose devices are not there (after deactivate, or a reboot).

@@ -29,7 +29,7 @@ func (v *volume) grow(by uint64) error {
 	}
 	s := v.rec.Store
 	if s.Backend == BackendLoop {
-		return fmt.Errorf("grow %q: not supported with --backend loop (the loop device's size is fixed); prepare with a larger --size", v.name())
+		return fmt.Errorf("grow %q: %w", v.name(), ErrLoopFixedSize)
 	}
 	chunk := uint64(s.ChunkSectors) * 512
 	newBytes := (s.Bytes + by + chunk - 1) / chunk * chunk

@@ -193,8 +193,8 @@ func (m *Manager) Attach(ctx context.Context, name, origin string) error {
 		v.rec = rec
 		if rec.Origin.Path != origin {
 			if d, err := m.fs.devOf(origin); err != nil || d.Dev != rec.Origin.Dev {
-				return &RefusedError{Volume: name, Op: "attach", Reason: fmt.Sprintf("the volume is attached to %s, not %s", rec.Origin.Path, origin),
-					Hint: "use another volume name for " + origin + ", or `snapctl detach " + name + "` first"}
+				return &RefusedError{Volume: name, Op: "attach", Kind: RefusedOtherOrigin, Device: origin,
+					Reason: fmt.Sprintf("the volume is attached to %s, not %s", rec.Origin.Path, origin)}
 			}
 		}
 		if rec.Phase != PhaseAttached {

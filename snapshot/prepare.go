@@ -147,8 +147,8 @@ func (m *Manager) prepareAttached(ctx context.Context, o PrepareOptions) (*Plan,
 	}
 	if o.Origin != "" && o.Origin != v.rec.Origin.Path {
 		if d, err := m.fs.devOf(o.Origin); err != nil || d.Dev != v.rec.Origin.Dev {
-			return nil, &RefusedError{Volume: o.Name, Op: "prepare", Reason: fmt.Sprintf("the volume's origin is %s, not %s", v.rec.Origin.Path, o.Origin),
-				Hint: "leave out --origin, or use another volume name for " + o.Origin}
+			return nil, &RefusedError{Volume: o.Name, Op: "prepare", Kind: RefusedOtherOrigin, Device: o.Origin,
+				Reason: fmt.Sprintf("the volume's origin is %s, not %s", v.rec.Origin.Path, o.Origin)}
 		}
 	}
 	if err := v.checkOrigin(); err != nil {
@@ -186,8 +186,7 @@ func (m *Manager) plan(ctx context.Context, v *volume, o PrepareOptions) (*Plan,
 		origin = v.rec.Origin
 	} else {
 		if o.Origin == "" {
-			return nil, &RefusedError{Volume: o.Name, Op: "prepare", Reason: "the volume is not attached and no --origin was given",
-				Hint: "give --origin DEV, or `snapctl attach " + o.Name + " --origin DEV` first"}
+			return nil, &RefusedError{Volume: o.Name, Op: "prepare", Kind: RefusedNoOrigin, Reason: "the volume is not attached and no origin device was given"}
 		}
 		d, err := m.fs.devOf(o.Origin)
 		if err != nil {
@@ -196,26 +195,26 @@ func (m *Manager) plan(ctx context.Context, v *volume, o PrepareOptions) (*Plan,
 		origin = d
 	}
 	if origin.Sectors < uint64(o.ChunkSectors) {
-		return nil, &RefusedError{Volume: o.Name, Op: "prepare", Reason: fmt.Sprintf("origin %s (%d bytes) is smaller than one chunk (%d bytes)", origin.Path, origin.Sectors*512, chunkBytes),
-			Hint: "snapshot a larger device, or choose a smaller --chunk-size"}
+		return nil, &RefusedError{Volume: o.Name, Op: "prepare", Kind: RefusedOriginTooSmall, Device: origin.Path,
+			Reason: fmt.Sprintf("origin %s (%d bytes) is smaller than one chunk (%d bytes)", origin.Path, origin.Sectors*512, chunkBytes)}
 	}
 	if o.StorePath == "" {
-		return nil, &RefusedError{Volume: o.Name, Op: "prepare", Reason: "no store path given", Hint: "give --store PATH on an ext4, xfs or f2fs filesystem"}
+		return nil, &RefusedError{Volume: o.Name, Op: "prepare", Kind: RefusedNoStorePath, Reason: "no store path given"}
 	}
 	if err := fiemap.CheckStorePath(o.StorePath); err != nil {
 		return nil, err
 	}
 	if _, err := os.Lstat(o.StorePath); err == nil {
-		return nil, &RefusedError{Volume: o.Name, Op: "prepare", Reason: fmt.Sprintf("store %s already exists (a file or a symbolic link)", o.StorePath),
-			Hint: "choose a new --store path; remove the old file only if no volume uses it (`snapctl status`)"}
+		return nil, &RefusedError{Volume: o.Name, Op: "prepare", Kind: RefusedStoreExists,
+			Reason: fmt.Sprintf("store %s already exists (a file or a symbolic link)", o.StorePath)}
 	}
 	_, free, total, err := m.fs.fsOf(o.StorePath)
 	if err != nil {
 		return nil, fmt.Errorf("prepare %q: store %s: %w", o.Name, o.StorePath, err)
 	}
 	if fi, err := os.Stat(filepath.Dir(o.StorePath)); err == nil && fi.Mode().Perm()&0o002 != 0 {
-		return nil, &RefusedError{Volume: o.Name, Op: "prepare", Reason: fmt.Sprintf("the store's directory %s is writable by everyone (%v): others could replace or remove the store", filepath.Dir(o.StorePath), fi.Mode()),
-			Hint: "put the store in a directory only root can write, e.g. mkdir -m 700 DIR"}
+		return nil, &RefusedError{Volume: o.Name, Op: "prepare", Kind: RefusedStoreDirShared,
+			Reason: fmt.Sprintf("the store's directory %s is writable by everyone (%v): others could replace or remove the store", filepath.Dir(o.StorePath), fi.Mode())}
 	}
 	if err := m.checkStateDir(o.Name, origin); err != nil {
 		return nil, err
@@ -242,7 +241,7 @@ func (m *Manager) plan(ctx context.Context, v *volume, o PrepareOptions) (*Plan,
 			p.SizeReason += fmt.Sprintf(", capped by --max-size at %d bytes", o.MaxBytes)
 		}
 	default:
-		return nil, fmt.Errorf("prepare %q: update mode needs --size BYTES, or --size auto with --changes or --new-image", o.Name)
+		return nil, fmt.Errorf("prepare %q: %w", o.Name, ErrNoStoreSize)
 	}
 	// Whole chunks, at least the header, one metadata area and one data chunk.
 	p.StoreBytes = (p.StoreBytes + chunkBytes - 1) / chunkBytes * chunkBytes
@@ -276,7 +275,7 @@ func (m *Manager) checkStateDir(name string, origin Device) error {
 	dev := devString(uint64(st.Dev))
 	inf, _ := m.k.info(name)
 	if dev == origin.Dev || (inf.Exists && dev == inf.Dev) {
-		return &UnsafeStateDirError{Dir: m.Dir, Reason: fmt.Sprintf("is on the volume's origin (%s): a rollback would rewind the state record itself; use --state-dir on another filesystem", dev)}
+		return &UnsafeStateDirError{Dir: m.Dir, Reason: fmt.Sprintf("is on the volume's origin (%s): a rollback would rewind the state record itself", dev)}
 	}
 	return nil
 }
@@ -306,7 +305,7 @@ func (v *volume) prepare(o PrepareOptions, p *Plan) error {
 			return err
 		}
 		if fsDev == v.rec.Origin.Dev || (inf.Exists && fsDev == inf.Dev) {
-			return &StoreOnOriginError{Path: o.StorePath, Reason: "is on the volume itself; with --backend loop the store is written through its filesystem, which would copy-on-write the store into itself"}
+			return &StoreOnOriginError{Path: o.StorePath, Reason: "is on the volume itself; with the loop backend the store is written through its filesystem, which would copy-on-write the store into itself"}
 		}
 	}
 	v.rec.Store = &Store{Path: o.StorePath, FSDev: fsDev, Bytes: p.StoreBytes, ChunkSectors: o.ChunkSectors, Backend: o.Backend, Overflow: o.Overflow}

@@ -188,7 +188,7 @@ func (m *Manager) monitorOne(ctx context.Context, name string, o MonitorOptions,
 	}
 	if s.Phase == PhaseMerging && !strings.HasPrefix(s.Step, "merge:offline") {
 		// Finish a merge the kernel completed (after a reboot, or after
-		// --no-wait); one still running is left to the kernel.
+		// Merge without waiting); one still running is left to the kernel.
 		if err := m.Merge(ctx, name, false); err != nil {
 			report(fmt.Sprintf("cannot finish the merge: %v", err), true)
 		} else if st, err := m.Status(ctx, name); err == nil && st.Phase == PhaseAttached && o.Report != nil {

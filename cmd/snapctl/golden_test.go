@@ -745,6 +745,15 @@ func TestTypedErrorHints(t *testing.T) {
 		{err: &snapshot.UnsafeStateDirError{Dir: "/tmp/s", Reason: "is writable by group or others"}, code: exitRefused, hint: "--state-dir"},
 		{err: &snapshot.ActiveError{Volume: "vol", Device: "vol-cow"}, code: exitRefused, hint: "snapctl deactivate vol"},
 		{err: &snapshot.RefusedError{Volume: "vol", Op: "prepare", Reason: "store exists", Hint: "choose a new --store path"}, code: exitRefused, hint: "--store"},
+		{err: &snapshot.RefusedError{Volume: "vol", Op: "attach", Kind: snapshot.RefusedOtherOrigin, Device: "/dev/sdc"}, code: exitRefused, hint: "use another volume name for /dev/sdc, or `snapctl detach vol` first"},
+		{err: &snapshot.RefusedError{Volume: "vol", Op: "prepare", Kind: snapshot.RefusedOtherOrigin, Device: "/dev/sdc"}, code: exitRefused, hint: "leave out --origin, or use another volume name for /dev/sdc"},
+		{err: &snapshot.RefusedError{Volume: "vol", Op: "prepare", Kind: snapshot.RefusedNoOrigin}, code: exitRefused, hint: "give --origin DEV, or `snapctl attach vol --origin DEV` first"},
+		{err: &snapshot.RefusedError{Volume: "vol", Op: "prepare", Kind: snapshot.RefusedOriginTooSmall}, code: exitRefused, hint: "--chunk-size"},
+		{err: &snapshot.RefusedError{Volume: "vol", Op: "prepare", Kind: snapshot.RefusedNoStorePath}, code: exitRefused, hint: "give --store PATH"},
+		{err: &snapshot.RefusedError{Volume: "vol", Op: "prepare", Kind: snapshot.RefusedStoreExists}, code: exitRefused, hint: "choose a new --store path"},
+		{err: &snapshot.RefusedError{Volume: "vol", Op: "prepare", Kind: snapshot.RefusedStoreDirShared}, code: exitRefused, hint: "mkdir -m 700"},
+		{err: snapshot.ErrNoStoreSize, code: exitFailure, hint: "--size auto with --changes or --new-image"},
+		{err: snapshot.ErrLoopFixedSize, code: exitFailure, hint: "larger --size"},
 		{err: &snapshot.OriginBusyError{Volume: "vol", Path: "/dev/sdb1", Err: unix.EBUSY}, code: exitRefused, hint: "snapctl attach vol --origin /dev/sdb1"},
 		{err: &snapshot.NotActiveError{Volume: "vol"}, code: exitRefused, hint: "snapctl activate vol"},
 		// fiemap
@@ -804,6 +813,10 @@ func TestTypedErrorHints(t *testing.T) {
 			name = "merge.ErrInvalidStore"
 		case merge.ErrFreshStore:
 			name = "merge.ErrFreshStore"
+		case snapshot.ErrNoStoreSize:
+			name = "snapshot.ErrNoStoreSize"
+		case snapshot.ErrLoopFixedSize:
+			name = "snapshot.ErrLoopFixedSize"
 		}
 		t.Run(name, func(t *testing.T) {
 			code, hint := classify(wrap(c.err))

@@ -604,7 +604,11 @@ func classifyVolumeErr(err error) (int, string, bool) {
 	case errors.As(err, &onOrigin):
 		return exitRefused, "put the store on a filesystem on another device", true
 	case errors.As(err, &refused):
-		return exitRefused, refused.Hint, true
+		return exitRefused, refusalHint(refused), true
+	case errors.Is(err, snapshot.ErrNoStoreSize):
+		return exitFailure, "give --size BYTES, or --size auto with --changes or --new-image", true
+	case errors.Is(err, snapshot.ErrLoopFixedSize):
+		return exitFailure, "prepare with a larger --size", true
 	case errors.As(err, &busyDev):
 		return exitRefused, fmt.Sprintf("unmount what uses %s, then `snapctl attach %s --origin %s` and mount /dev/mapper/%s instead", busyDev.Path, busyDev.Volume, busyDev.Path, busyDev.Volume), true
 	case errors.As(err, &inactive):
@@ -615,6 +619,28 @@ func classifyVolumeErr(err error) (int, string, bool) {
 		return exitRefused, "use --state-dir (or SNAPCTL_STATE_DIR) with a root-owned 0700 directory on a device that is not snapshotted", true
 	}
 	return 0, "", false
+}
+
+// refusalHint is what to do instead of a refused request.
+func refusalHint(e *snapshot.RefusedError) string {
+	switch e.Kind {
+	case snapshot.RefusedOtherOrigin:
+		if e.Op == "attach" {
+			return "use another volume name for " + e.Device + ", or `snapctl detach " + e.Volume + "` first"
+		}
+		return "leave out --origin, or use another volume name for " + e.Device
+	case snapshot.RefusedNoOrigin:
+		return "give --origin DEV, or `snapctl attach " + e.Volume + " --origin DEV` first"
+	case snapshot.RefusedOriginTooSmall:
+		return "snapshot a larger device, or choose a smaller --chunk-size"
+	case snapshot.RefusedNoStorePath:
+		return "give --store PATH on an ext4, xfs or f2fs filesystem"
+	case snapshot.RefusedStoreExists:
+		return "choose a new --store path; remove the old file only if no volume uses it (`snapctl status`)"
+	case snapshot.RefusedStoreDirShared:
+		return "put the store in a directory only root can write, e.g. mkdir -m 700 DIR"
+	}
+	return e.Hint
 }
 
 // mergeProgress draws a merge's progress on stderr (see copyProgress).
