@@ -11,6 +11,7 @@ import (
 
 	"github.com/snapctl/snapctl/dmtable"
 	"github.com/snapctl/snapctl/fiemap"
+	"github.com/snapctl/snapctl/internal/atomicfile"
 )
 
 // fileStore is the real storeFS: fallocate, FIEMAP, and resolution of the
@@ -243,7 +244,9 @@ func (fileStore) release(s Store) (bool, error) {
 	if err := fiemap.Remove(s.Path); err != nil {
 		return true, err
 	}
-	return true, syncDir(s.Path)
+	// The removal is durable before the record says so: otherwise a power
+	// cut can bring the store file back, orphaned.
+	return true, atomicfile.SyncDir(filepath.Dir(s.Path))
 }
 
 // mounted tells a store file that is gone from one whose filesystem is not
@@ -252,20 +255,6 @@ func (fileStore) release(s Store) (bool, error) {
 func mounted(s Store) bool {
 	dev, _, _, err := fileStore{}.fsOf(s.Path)
 	return err == nil && dev == s.FSDev
-}
-
-// syncDir makes the removal of path durable before the record says so:
-// otherwise a power cut can bring the store file back, orphaned.
-func syncDir(path string) error {
-	d, err := os.Open(filepath.Dir(path))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync directory of %s: %w", path, err)
-	}
-	return nil
 }
 
 func (fileStore) removePartial(s Store) (bool, error) {
@@ -282,5 +271,7 @@ func (fileStore) removePartial(s Store) (bool, error) {
 	if err := fiemap.Remove(s.Path); err != nil {
 		return true, err
 	}
-	return true, syncDir(s.Path)
+	// The removal is durable before the record says so: otherwise a power
+	// cut can bring the store file back, orphaned.
+	return true, atomicfile.SyncDir(filepath.Dir(s.Path))
 }
