@@ -3,6 +3,7 @@ package snapshot
 import (
 	"github.com/snapctl/snapctl/dmtable"
 	"github.com/snapctl/snapctl/fiemap"
+	"github.com/snapctl/snapctl/merge"
 )
 
 // devInfo is what the lifecycle needs to know about one DM device.
@@ -33,8 +34,9 @@ type kernel interface {
 	// zeroHeader writes n zero bytes at the start of /dev/mapper/name with
 	// O_DIRECT, which initialises a persistent exception store.
 	zeroHeader(name string, n int) error
-	// readHeader reads the store header through /dev/mapper/name.
-	readHeader(name string) (magic, valid uint32, err error)
+	// readHeader reads and checks the store header through
+	// /dev/mapper/name, with O_DIRECT.
+	readHeader(name string) (merge.Header, error)
 	// flushBuffers drops the page cache of the block device at path
 	// (BLKFLSBUF). Device-mapper writes the origin below that cache, so
 	// whatever was read through the origin's own node before a merge would

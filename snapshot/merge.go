@@ -2,10 +2,12 @@ package snapshot
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/snapctl/snapctl/dmtable"
+	"github.com/snapctl/snapctl/merge"
 )
 
 // Merge merges the store into the origin (the low-level verb: rollback in
@@ -35,18 +37,24 @@ func (v *volume) checkMergeable(op string) error {
 	if st.State != dmtable.SnapshotActive {
 		return &StoreUnusableError{Volume: v.name(), State: st.State}
 	}
-	magic, valid, err := v.m.k.readHeader(cowName(v.name()))
-	if err != nil {
+	h, err := v.m.k.readHeader(cowName(v.name()))
+	var bad *merge.CorruptError
+	switch {
+	case errors.As(err, &bad):
+		return &StoreUnusableError{Volume: v.name(), State: dmtable.SnapshotInvalid, Header: "bad header: " + bad.Error()}
+	case err != nil:
 		return fmt.Errorf("%s %q: read the store header: %w", op, v.name(), err)
-	}
-	if magic != snapMagic || valid != 1 {
-		return &StoreUnusableError{Volume: v.name(), State: dmtable.SnapshotInvalid, Header: fmt.Sprintf("bad header: magic %#x, valid %d", magic, valid)}
+	case h.Fresh() || !h.Valid:
+		// A store the kernel never wrote, or one it invalidated, merges as
+		// a silent no-op.
+		valid := 0
+		if h.Valid {
+			valid = 1
+		}
+		return &StoreUnusableError{Volume: v.name(), State: dmtable.SnapshotInvalid, Header: fmt.Sprintf("bad header: magic %#x, valid %d", h.Magic, valid)}
 	}
 	return nil
 }
-
-// snapMagic is the persistent exception store's header magic ("SnAp").
-const snapMagic = 0x70416e53
 
 func (v *volume) merge(ctx context.Context, op string, wait bool) error {
 	switch v.rec.Phase {

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/snapctl/snapctl/dmtable"
+	"github.com/snapctl/snapctl/merge"
 )
 
 // modelKernel is device-mapper as the lifecycle sees it, in memory: devices
@@ -138,9 +139,9 @@ func (k *modelKernel) status(name string) (dmtable.SnapshotStatus, error) {
 
 func (k *modelKernel) zeroHeader(name string, n int) error { _, err := k.get(name); return err }
 
-func (k *modelKernel) readHeader(name string) (uint32, uint32, error) {
+func (k *modelKernel) readHeader(name string) (merge.Header, error) {
 	_, err := k.get(name)
-	return snapMagic, 1, err
+	return merge.Header{Magic: merge.Magic, Valid: true, Version: merge.Version, ChunkSize: 8}, err
 }
 
 func (k *modelKernel) flushBuffers(path string) error {
