@@ -78,7 +78,3 @@ func (l Layout) DataChunk(n uint64) uint64 {
 	return l.AreaChunk(n/e) + 1 + n%e
 }
 
-// MinChunks is the smallest store, in chunks, that holds n exceptions: the
-// header, n data chunks and their areas, plus the zeroed area that follows a
-// completely full one.
-func (l Layout) MinChunks(n uint64) uint64 { return n + 2 + n/l.PerArea() }

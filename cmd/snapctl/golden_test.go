@@ -237,7 +237,11 @@ func goldenStore(t *testing.T, dir string, n int, valid bool) (string, []merge.E
 	t.Helper()
 	l := merge.Layout{ChunkSize: 8}
 	ex := make([]merge.Exception, n)
-	b := make([]byte, int64(l.MinChunks(uint64(n)))*4096)
+	size, err := cowsize.ForChunks(uint64(n), 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, size.Bytes)
 	for i := range ex {
 		ex[i] = merge.Exception{Old: uint64(3*i + 1), New: l.DataChunk(uint64(i))}
 		copy(b[int64(ex[i].New)*4096:], bytes.Repeat([]byte{byte(0x40 + i)}, 4096))
