@@ -11,11 +11,9 @@ const (
 	Magic = 0x70416e53
 	// Version is the only store format version the kernel knows.
 	Version = 1
-	// SectorSize is the unit of the chunk size.
+	// SectorSize is the unit of the chunk size. The chunk sizes the kernel
+	// takes are dmtable.ValidChunkSectors.
 	SectorSize = 512
-	// MaxChunkSize is the largest chunk size in sectors the kernel accepts
-	// (it rejects sizes above INT_MAX >> 9; the largest power of two below).
-	MaxChunkSize = 1 << 21
 
 	headerLen = 16 // magic, valid, version, chunk size: four u32
 	entryLen  = 16 // old chunk, new chunk: two u64

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/snapctl/snapctl/dmtable"
 	"github.com/snapctl/snapctl/internal/atomicfile"
 )
 
@@ -253,8 +254,8 @@ func (r *Record) check(name string) error {
 		}
 	}
 	if s := r.Store; s != nil {
-		if s.ChunkSectors == 0 || s.ChunkSectors&(s.ChunkSectors-1) != 0 {
-			return fmt.Errorf("store chunk size %d sectors is not a power of two", s.ChunkSectors)
+		if !dmtable.ValidChunkSectors(uint64(s.ChunkSectors)) {
+			return fmt.Errorf("store chunk size %d sectors is not a power of two up to %d", s.ChunkSectors, dmtable.MaxChunkSectors)
 		}
 		if r.Phase != PhasePreparing && len(s.Segments) == 0 {
 			return errors.New("store has no extents")
