@@ -75,4 +75,3 @@ func (l Layout) DataChunk(n uint64) uint64 {
 	e := l.PerArea()
 	return l.AreaChunk(n/e) + 1 + n%e
 }
-
