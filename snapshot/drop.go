@@ -1,13 +1,14 @@
 package snapshot
 
 import (
+	"context"
 	"fmt"
 )
 
 // Drop drops the snapshot (the low-level verb: commit in checkpoint mode,
 // rollback in update mode).
-func (m *Manager) Drop(name string) error {
-	v, err := m.open(name)
+func (m *Manager) Drop(ctx context.Context, name string) error {
+	v, err := m.open(ctx, name)
 	if err != nil {
 		return err
 	}

@@ -237,7 +237,11 @@ func goldenStore(t *testing.T, dir string, n int, valid bool) (string, []merge.E
 	t.Helper()
 	l := merge.Layout{ChunkSize: 8}
 	ex := make([]merge.Exception, n)
-	b := make([]byte, int64(l.MinChunks(uint64(n)))*4096)
+	size, err := cowsize.ForChunks(uint64(n), 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, size.Bytes)
 	for i := range ex {
 		ex[i] = merge.Exception{Old: uint64(3*i + 1), New: l.DataChunk(uint64(i))}
 		copy(b[int64(ex[i].New)*4096:], bytes.Repeat([]byte{byte(0x40 + i)}, 4096))
@@ -734,9 +738,9 @@ func TestTypedErrorHints(t *testing.T) {
 		{err: &snapshot.WrongPhaseError{Volume: "vol", Op: "prepare", Phase: snapshot.PhasePrepared, Mode: snapshot.Update}, code: exitRefused, hint: "snapctl status vol"},
 		{err: &snapshot.WrongPhaseError{Volume: "vol", Op: "merge --offline", Phase: snapshot.PhaseMerging}, code: exitRefused, hint: "snapctl status vol"},
 		{err: &snapshot.InUseError{Volume: "vol", Device: "/dev/mapper/vol", OpenCount: 1, Op: "rollback"}, code: exitRefused, hint: "snapctl rollback vol --at-next-activate"},
-		{err: &snapshot.StoreUnusableError{Volume: "vol", State: "invalid"}, code: exitRefused, hint: "snapctl drop vol"},
-		{err: &snapshot.StoreUnusableError{Volume: "vol", State: "overflow"}, code: exitRefused, hint: "snapctl drop vol"},
-		{err: &snapshot.StoreUnusableError{Volume: "vol", State: "merge failed"}, code: exitFailure, hint: "snapctl activate --wait vol"},
+		{err: &snapshot.StoreUnusableError{Volume: "vol", State: dmtable.SnapshotInvalid}, code: exitRefused, hint: "snapctl drop vol"},
+		{err: &snapshot.StoreUnusableError{Volume: "vol", State: dmtable.SnapshotOverflow}, code: exitRefused, hint: "snapctl drop vol"},
+		{err: &snapshot.StoreUnusableError{Volume: "vol", State: dmtable.SnapshotMergeFailed}, code: exitFailure, hint: "snapctl activate --wait vol"},
 		{err: &snapshot.DeviceChangedError{Volume: "vol", Path: "/dev/sdb1", Recorded: "8:17", Now: "8:33"}, code: exitRefused, hint: "re-attach"},
 		{err: &snapshot.CorruptRecordError{Path: "/var/lib/snapctl/vol.json", Err: errors.New("unexpected EOF")}, code: exitInvalidData, hint: "record"},
 		{err: &snapshot.UnknownVolumeError{Name: "vol", Dir: "/var/lib/snapctl"}, code: exitRefused, hint: "snapctl attach vol"},
@@ -745,6 +749,15 @@ func TestTypedErrorHints(t *testing.T) {
 		{err: &snapshot.UnsafeStateDirError{Dir: "/tmp/s", Reason: "is writable by group or others"}, code: exitRefused, hint: "--state-dir"},
 		{err: &snapshot.ActiveError{Volume: "vol", Device: "vol-cow"}, code: exitRefused, hint: "snapctl deactivate vol"},
 		{err: &snapshot.RefusedError{Volume: "vol", Op: "prepare", Reason: "store exists", Hint: "choose a new --store path"}, code: exitRefused, hint: "--store"},
+		{err: &snapshot.RefusedError{Volume: "vol", Op: "attach", Kind: snapshot.RefusedOtherOrigin, Device: "/dev/sdc"}, code: exitRefused, hint: "use another volume name for /dev/sdc, or `snapctl detach vol` first"},
+		{err: &snapshot.RefusedError{Volume: "vol", Op: "prepare", Kind: snapshot.RefusedOtherOrigin, Device: "/dev/sdc"}, code: exitRefused, hint: "leave out --origin, or use another volume name for /dev/sdc"},
+		{err: &snapshot.RefusedError{Volume: "vol", Op: "prepare", Kind: snapshot.RefusedNoOrigin}, code: exitRefused, hint: "give --origin DEV, or `snapctl attach vol --origin DEV` first"},
+		{err: &snapshot.RefusedError{Volume: "vol", Op: "prepare", Kind: snapshot.RefusedOriginTooSmall}, code: exitRefused, hint: "--chunk-size"},
+		{err: &snapshot.RefusedError{Volume: "vol", Op: "prepare", Kind: snapshot.RefusedNoStorePath}, code: exitRefused, hint: "give --store PATH"},
+		{err: &snapshot.RefusedError{Volume: "vol", Op: "prepare", Kind: snapshot.RefusedStoreExists}, code: exitRefused, hint: "choose a new --store path"},
+		{err: &snapshot.RefusedError{Volume: "vol", Op: "prepare", Kind: snapshot.RefusedStoreDirShared}, code: exitRefused, hint: "mkdir -m 700"},
+		{err: snapshot.ErrNoStoreSize, code: exitFailure, hint: "--size auto with --changes or --new-image"},
+		{err: snapshot.ErrLoopFixedSize, code: exitFailure, hint: "larger --size"},
 		{err: &snapshot.OriginBusyError{Volume: "vol", Path: "/dev/sdb1", Err: unix.EBUSY}, code: exitRefused, hint: "snapctl attach vol --origin /dev/sdb1"},
 		{err: &snapshot.NotActiveError{Volume: "vol"}, code: exitRefused, hint: "snapctl activate vol"},
 		// fiemap
@@ -797,13 +810,17 @@ func TestTypedErrorHints(t *testing.T) {
 			name += "/" + string(e.Phase)
 		}
 		if e, ok := c.err.(*snapshot.StoreUnusableError); ok {
-			name += "/" + e.State
+			name += "/" + e.State.String()
 		}
 		switch c.err {
 		case merge.ErrInvalidStore:
 			name = "merge.ErrInvalidStore"
 		case merge.ErrFreshStore:
 			name = "merge.ErrFreshStore"
+		case snapshot.ErrNoStoreSize:
+			name = "snapshot.ErrNoStoreSize"
+		case snapshot.ErrLoopFixedSize:
+			name = "snapshot.ErrLoopFixedSize"
 		}
 		t.Run(name, func(t *testing.T) {
 			code, hint := classify(wrap(c.err))

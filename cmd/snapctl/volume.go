@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/snapctl/snapctl/cowsize"
+	"github.com/snapctl/snapctl/dmtable"
 	"github.com/snapctl/snapctl/snapshot"
 )
 
@@ -65,10 +66,10 @@ Example:
 			if err != nil {
 				return err
 			}
-			if err := m.Attach(args[0], origin); err != nil {
+			if err := m.Attach(cmd.Context(), args[0], origin); err != nil {
 				return err
 			}
-			return a.report(m, args[0], fmt.Sprintf("attached %s as /dev/mapper/%s\n", origin, args[0]))
+			return a.report(cmd.Context(), m, args[0], fmt.Sprintf("attached %s as /dev/mapper/%s\n", origin, args[0]))
 		},
 	}
 	c.Flags().StringVar(&origin, "origin", "", "the origin block device")
@@ -88,6 +89,7 @@ func newPrepareCmd(a *app) *cobra.Command {
 	var (
 		o                          snapshot.PrepareOptions
 		mode, size, chunk, maxSize string
+		overflow, backend          string
 		changes, newImage          string
 	)
 	c := &cobra.Command{
@@ -115,6 +117,7 @@ Examples:
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.Name, o.Mode, o.DryRun = args[0], snapshot.Mode(mode), a.dryRun
+			o.Overflow, o.Backend = snapshot.Overflow(overflow), snapshot.Backend(backend)
 			cb, err := cowsize.ParseBytes(chunk)
 			if err == nil {
 				err = cowsize.CheckChunk(cb)
@@ -134,8 +137,8 @@ Examples:
 			switch {
 			case size == "auto":
 				if changes != "" || newImage != "" {
-					o.AutoBytes = func(origin string, cs uint32) (uint64, error) {
-						return autoSize(cmd.Context(), a, origin, changes, newImage, cs)
+					o.AutoBytes = func(ctx context.Context, origin string, cs uint32) (uint64, error) {
+						return autoSize(ctx, a, origin, changes, newImage, cs)
 					}
 				}
 			default:
@@ -150,7 +153,7 @@ Examples:
 			if err != nil {
 				return err
 			}
-			plan, err := m.Prepare(o)
+			plan, err := m.Prepare(cmd.Context(), o)
 			if err != nil {
 				return err
 			}
@@ -187,8 +190,8 @@ Examples:
 	f.StringVar(&chunk, "chunk-size", "4K", "exception chunk size, a power of two from 4K to 512K")
 	f.StringVar(&changes, "changes", "", "file of byte ranges the update writes (offset length per line), for --size auto")
 	f.StringVar(&newImage, "new-image", "", "the new image, diffed against the origin, for --size auto")
-	f.StringVar(&o.Overflow, "overflow", "invalidate", "a full store: invalidate the snapshot, or fail writes to it (PO, update mode)")
-	f.StringVar(&o.Backend, "backend", "fiemap", "fiemap (map the file's blocks on the raw device) or loop (a loop device over the file, for a filesystem mounted directly on a partition)")
+	f.StringVar(&overflow, "overflow", "invalidate", "a full store: invalidate the snapshot, or fail writes to it (PO, update mode)")
+	f.StringVar(&backend, "backend", "fiemap", "fiemap (map the file's blocks on the raw device) or loop (a loop device over the file, for a filesystem mounted directly on a partition)")
 	f.BoolVar(&a.dryRun, "dry-run", false, "print what would be done; change nothing")
 	return c
 }
@@ -237,14 +240,14 @@ short. It is also the recovery command after a crash or a killed snapctl.`,
 				return err
 			}
 			m.Progress = a.mergeProgress()
-			if err := m.Activate(o, args...); err != nil {
+			if err := m.Activate(cmd.Context(), o, args...); err != nil {
 				return err
 			}
 			if len(args) == 0 {
 				args, _ = m.Names()
 			}
 			for _, n := range args {
-				if s, err := m.Status(n); err == nil && !a.json {
+				if s, err := m.Status(cmd.Context(), n); err == nil && !a.json {
 					a.printf("%s: %s%s\n", n, s.Phase, modeSuffix(s))
 				}
 			}
@@ -284,7 +287,7 @@ chunks used, percent full, chunks left, Invalid/Overflow) and merge progress.
 			}
 			all := []*snapshot.VolumeStatus{}
 			for _, n := range names {
-				s, err := m.Status(n)
+				s, err := m.Status(cmd.Context(), n)
 				if err != nil {
 					return err
 				}
@@ -320,8 +323,8 @@ func (a *app) printStatus(s *snapshot.VolumeStatus) {
 		a.printf("  store:  %s (%d bytes, chunk %d bytes, %d extents, overflow=%s)\n", s.Store.Path, s.Store.Bytes, s.Store.ChunkSectors*512, s.Extents, s.Store.Overflow)
 	}
 	if u := s.Usage; u != nil {
-		if u.State != "active" {
-			a.printf("  usage:  %s\n", strings.ToUpper(u.State))
+		if u.State != dmtable.SnapshotActive {
+			a.printf("  usage:  %s\n", strings.ToUpper(u.State.String()))
 		} else {
 			a.printf("  usage:  %d data chunks, %.1f%% full, %d chunks left\n", u.DataChunks, u.PercentFull, u.ChunksLeft)
 		}
@@ -345,25 +348,25 @@ func (a *app) printStatus(s *snapshot.VolumeStatus) {
 // its argument names, with merge progress on stderr, and reports the
 // outcome: done (a format with the volume's name) or, with --json, the
 // volume's status.
-func (a *app) volumeOp(op func(m *snapshot.Manager, name string) error, done string) func(*cobra.Command, []string) error {
+func (a *app) volumeOp(op func(m *snapshot.Manager, ctx context.Context, name string) error, done string) func(*cobra.Command, []string) error {
 	return func(cmd *cobra.Command, args []string) error {
 		m, err := a.manager(cmd)
 		if err != nil {
 			return err
 		}
 		m.Progress = a.mergeProgress()
-		if err := op(m, args[0]); err != nil {
+		if err := op(m, cmd.Context(), args[0]); err != nil {
 			return err
 		}
-		return a.report(m, args[0], fmt.Sprintf(done+"\n", args[0]))
+		return a.report(cmd.Context(), m, args[0], fmt.Sprintf(done+"\n", args[0]))
 	}
 }
 
 // report prints a volume's status after a command, or its JSON; for a
 // volume that no longer has a record (detach), the JSON says so.
-func (a *app) report(m *snapshot.Manager, name, human string) error {
+func (a *app) report(ctx context.Context, m *snapshot.Manager, name, human string) error {
 	if a.json {
-		s, err := m.Status(name)
+		s, err := m.Status(ctx, name)
 		var unknown *snapshot.UnknownVolumeError
 		if errors.As(err, &unknown) {
 			return a.printDoc(&detachedDoc{Name: name, Phase: "detached"})
@@ -409,14 +412,14 @@ mounts the volume).`,
 			}
 			m.Progress = a.mergeProgress()
 			o.Wait = true
-			if err := m.Rollback(args[0], o); err != nil {
+			if err := m.Rollback(cmd.Context(), args[0], o); err != nil {
 				return err
 			}
 			msg := fmt.Sprintf("rolled back %s\n", args[0])
 			if o.AtNextActivate {
 				msg = fmt.Sprintf("rollback of %s scheduled for the next `snapctl activate`\n", args[0])
 			}
-			return a.report(m, args[0], msg)
+			return a.report(cmd.Context(), m, args[0], msg)
 		},
 	}
 	c.Flags().BoolVar(&o.AtNextActivate, "at-next-activate", false, "schedule the rollback for the next activate instead of doing it now")
@@ -453,14 +456,14 @@ kernel goes on merging; 'snapctl merge NAME' again, or 'snapctl activate
 				return err
 			}
 			m.Progress = a.mergeProgress()
-			if err := m.Merge(args[0], !noWait); err != nil {
+			if err := m.Merge(cmd.Context(), args[0], !noWait); err != nil {
 				return err
 			}
 			msg := fmt.Sprintf("merged %s\n", args[0])
 			if noWait {
 				msg = fmt.Sprintf("merge of %s handed over to the kernel\n", args[0])
 			}
-			return a.report(m, args[0], msg)
+			return a.report(cmd.Context(), m, args[0], msg)
 		},
 	}
 	c.Flags().BoolVar(&noWait, "no-wait", false, "return once the kernel has taken the merge over")
@@ -504,10 +507,10 @@ func newGrowCmd(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if err := m.Grow(args[0], n); err != nil {
+			if err := m.Grow(cmd.Context(), args[0], n); err != nil {
 				return err
 			}
-			return a.report(m, args[0], fmt.Sprintf("grew the store of %s by %s\n", args[0], by))
+			return a.report(cmd.Context(), m, args[0], fmt.Sprintf("grew the store of %s by %s\n", args[0], by))
 		},
 	}
 	c.Flags().StringVar(&by, "by", "", "how much to add, e.g. 256M")
@@ -586,7 +589,7 @@ func classifyVolumeErr(err error) (int, string, bool) {
 	case errors.As(err, &inUse):
 		return exitRefused, fmt.Sprintf("unmount it (`umount %s`), or schedule it for boot: `snapctl rollback %s --at-next-activate`", inUse.Device, inUse.Volume), true
 	case errors.As(err, &unusable):
-		if unusable.State == "merge failed" {
+		if unusable.State == dmtable.SnapshotMergeFailed {
 			return exitFailure, "fix the I/O error (see the kernel log), then `snapctl activate --wait " + unusable.Volume + "` restarts the merge where it stopped; do not drop a half-merged store", true
 		}
 		return exitRefused, "the snapshot cannot be merged; drop it with `snapctl drop " + unusable.Volume + "`", true
@@ -601,7 +604,11 @@ func classifyVolumeErr(err error) (int, string, bool) {
 	case errors.As(err, &onOrigin):
 		return exitRefused, "put the store on a filesystem on another device", true
 	case errors.As(err, &refused):
-		return exitRefused, refused.Hint, true
+		return exitRefused, refusalHint(refused), true
+	case errors.Is(err, snapshot.ErrNoStoreSize):
+		return exitFailure, "give --size BYTES, or --size auto with --changes or --new-image", true
+	case errors.Is(err, snapshot.ErrLoopFixedSize):
+		return exitFailure, "prepare with a larger --size", true
 	case errors.As(err, &busyDev):
 		return exitRefused, fmt.Sprintf("unmount what uses %s, then `snapctl attach %s --origin %s` and mount /dev/mapper/%s instead", busyDev.Path, busyDev.Volume, busyDev.Path, busyDev.Volume), true
 	case errors.As(err, &inactive):
@@ -612,6 +619,28 @@ func classifyVolumeErr(err error) (int, string, bool) {
 		return exitRefused, "use --state-dir (or SNAPCTL_STATE_DIR) with a root-owned 0700 directory on a device that is not snapshotted", true
 	}
 	return 0, "", false
+}
+
+// refusalHint is what to do instead of a refused request.
+func refusalHint(e *snapshot.RefusedError) string {
+	switch e.Kind {
+	case snapshot.RefusedOtherOrigin:
+		if e.Op == "attach" {
+			return "use another volume name for " + e.Device + ", or `snapctl detach " + e.Volume + "` first"
+		}
+		return "leave out --origin, or use another volume name for " + e.Device
+	case snapshot.RefusedNoOrigin:
+		return "give --origin DEV, or `snapctl attach " + e.Volume + " --origin DEV` first"
+	case snapshot.RefusedOriginTooSmall:
+		return "snapshot a larger device, or choose a smaller --chunk-size"
+	case snapshot.RefusedNoStorePath:
+		return "give --store PATH on an ext4, xfs or f2fs filesystem"
+	case snapshot.RefusedStoreExists:
+		return "choose a new --store path; remove the old file only if no volume uses it (`snapctl status`)"
+	case snapshot.RefusedStoreDirShared:
+		return "put the store in a directory only root can write, e.g. mkdir -m 700 DIR"
+	}
+	return e.Hint
 }
 
 // mergeProgress draws a merge's progress on stderr (see copyProgress).
