@@ -76,6 +76,9 @@ func (m *Manager) activateOpts(v *volume, o ActivateOptions) error {
 	case PhasePrepared:
 		// After a reboot nothing exists: build the stack first, then run a
 		// rollback scheduled with --at-next-activate on top of it.
+		if err := v.observeStore(); err != nil {
+			return err
+		}
 		if err := v.buildPrepared(PhasePrepared); err != nil {
 			return err
 		}
@@ -105,6 +108,10 @@ func (m *Manager) Deactivate(name string) error {
 		return err
 	} else if n > 0 {
 		return &InUseError{Volume: name, Device: mapperPath(name), OpenCount: n, Op: "deactivate"}
+	}
+	// The kernel forgets an Overflow with the table: record it first.
+	if err := v.observeStore(); err != nil {
+		return fmt.Errorf("deactivate %q: %w", name, err)
 	}
 	if err := v.removeIfExists(name); err != nil {
 		return fmt.Errorf("deactivate %q: %w", name, err)

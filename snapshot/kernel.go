@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	"github.com/snapctl/snapctl/dmtable"
+	"github.com/snapctl/snapctl/merge"
 )
 
 // devInfo is what the lifecycle needs to know about one DM device.
@@ -47,6 +48,9 @@ type kernel interface {
 	zeroHeader(name string, n int) error
 	// readHeader reads the store header through /dev/mapper/name.
 	readHeader(name string) (magic, valid uint32, err error)
+	// readStore parses the whole store (header and exception areas, bounds
+	// checked) through /dev/mapper/name.
+	readStore(name string, want merge.Expect) (*merge.Store, error)
 	// flushBuffers drops the page cache of the block device at path
 	// (BLKFLSBUF). Device-mapper writes the origin below that cache, so
 	// whatever was read through the origin's own node before a merge would
@@ -85,6 +89,12 @@ type storeFS interface {
 	// could record the inode: only an empty or exactly sized regular file.
 	// reachable is false when its filesystem is not mounted (delete later).
 	removePartial(s Store) (reachable bool, err error)
+	// revalidate lists how the store file differs from s (FIEMAP, inode,
+	// flags) when its filesystem is mounted; grown accepts a mapping that
+	// extends the recorded one.
+	revalidate(s Store, grown bool) (changes []string, err error)
+	// placement is where a store at path would be, for a dry run.
+	placement(path, backend string) (*Placement, error)
 }
 
 // Tables of the stack.

@@ -28,11 +28,16 @@ func (v *volume) checkMergeable(op string) error {
 		return fmt.Errorf("%s %q: status of %q: %w", op, v.name(), dev, err)
 	}
 	if !st.ok() {
-		return &StoreUnusableError{Volume: v.name(), State: st.State}
+		return joinErr(&StoreUnusableError{Volume: v.name(), State: st.State}, v.noteUnusable(st.State))
 	}
 	magic, valid, err := v.m.k.readHeader(cowName(v.name()))
 	if err != nil {
 		return fmt.Errorf("%s %q: read the store header: %w", op, v.name(), err)
+	}
+	if magic == snapMagic && valid == 0 {
+		if err := v.noteUnusable("invalid"); err != nil {
+			return err
+		}
 	}
 	if magic != snapMagic || valid != 1 {
 		return &StoreUnusableError{Volume: v.name(), State: fmt.Sprintf("bad header: magic %#x, valid %d", magic, valid)}
@@ -55,6 +60,9 @@ func (v *volume) merge(op string, wait bool) error {
 		return err
 	}
 	if v.rec.Phase == PhasePrepared {
+		if err := v.checkUsable(op); err != nil {
+			return err
+		}
 		// A deactivated volume (or one not activated since boot) gets its
 		// stack back first: the kernel's view of the store decides below.
 		if err := v.buildPrepared(PhasePrepared); err != nil {
@@ -179,6 +187,11 @@ func (v *volume) handover() (done bool, err error) {
 			}
 		}
 	default:
+		// Nothing holds the store (a merge resumed after a reboot): check
+		// it is still the one prepare made before the merge reads it.
+		if err := v.checkStore(); err != nil {
+			return false, err
+		}
 		if err := v.ensure(name, want); err != nil {
 			return false, err
 		}

@@ -114,6 +114,9 @@ func (m *Manager) Status(name string) (*VolumeStatus, error) {
 		u.ChunksLeft = chunksLeft(st.Total/chunk, u.DataChunks, chunk)
 	}
 	s.Usage = u
+	if u := unusableState(st.State); u != "" && rec.Store.Unusable == "" && m.noteUnusableUnlocked(name, st.State) {
+		rec.Store.Unusable = u
+	}
 	if t[0].Type == "snapshot-merge" {
 		left := u.DataChunks
 		s.MergeChunksLeft = &left
