@@ -90,9 +90,8 @@ type storeFS interface {
 	// reachable is false when its filesystem is not mounted (delete later).
 	removePartial(s Store) (reachable bool, err error)
 	// revalidate lists how the store file differs from s (FIEMAP, inode,
-	// flags) when its filesystem is mounted; grown accepts a mapping that
-	// extends the recorded one.
-	revalidate(s Store, grown bool) (changes []string, err error)
+	// flags) when its filesystem is mounted.
+	revalidate(s Store) (changes []string, err error)
 	// placement is where a store at path would be, for a dry run.
 	placement(path, backend string) (*Placement, error)
 }

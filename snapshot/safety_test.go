@@ -32,7 +32,7 @@ func (k *modelKernel) readStore(name string, want merge.Expect) (*merge.Store, e
 	return &merge.Store{Header: merge.Header{Magic: merge.Magic, Valid: !modelStore.invalid, Version: merge.Version, ChunkSize: want.ChunkSize}}, nil
 }
 
-func (modelFS) revalidate(Store, bool) ([]string, error) { return modelStore.changes, nil }
+func (modelFS) revalidate(Store) ([]string, error) { return modelStore.changes, nil }
 
 // stateKernel is the model with the snapshot status of some devices
 // replaced, as the kernel reports a full or dropped store.

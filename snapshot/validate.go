@@ -66,7 +66,7 @@ func (v *volume) checkStore() error {
 // fresh FIEMAP, when its filesystem is mounted.
 func (v *volume) checkStoreFile() error {
 	s := v.rec.Store
-	changes, err := v.m.fs.revalidate(*s, v.rec.Phase == PhaseGrowing)
+	changes, err := v.m.fs.revalidate(*s)
 	if err != nil {
 		return fmt.Errorf("volume %q: check store %s: %w", v.name(), s.Path, err)
 	}
@@ -157,10 +157,11 @@ func (dmKernel) readStore(name string, want merge.Expect) (*merge.Store, error) 
 // unpinned on f2fs, its segments moved. It checks nothing (and returns no
 // change) when the store's filesystem is not mounted, or for the loop
 // backend, whose loop device is attached through the file by its inode.
-// With grown, a mapping that extends the recorded one is accepted: a grow
-// cut short after the file grew and before the record took the new
-// segments.
-func (fileStore) revalidate(s Store, grown bool) ([]string, error) {
+// A mapping that extends the recorded one (every recorded sector still at
+// the same place in the file and on the device) is accepted: a grow cut
+// short after the file grew and before the record took the new segments
+// leaves it, and the store maps only the part it recorded.
+func (fileStore) revalidate(s Store) ([]string, error) {
 	if s.Backend == "loop" || !mounted(s) {
 		return nil, nil
 	}
@@ -197,7 +198,7 @@ func (fileStore) revalidate(s Store, grown bool) ([]string, error) {
 	var moved fiemap.MismatchError
 	switch {
 	case errors.As(err, &moved):
-		if grown && keepsPrefix(s.Segments, segmentsOf(m.Segments)) {
+		if keepsPrefix(s.Segments, segmentsOf(m.Segments)) {
 			break
 		}
 		changes = append(changes, fmt.Sprintf("its blocks moved (FIEMAP): segment %d was %s, is %s", moved.Index, describeSeg(moved.Saved), describeSeg(moved.Now)))
