@@ -51,6 +51,8 @@ type kernel interface {
 	// readStore parses the whole store (header and exception areas, bounds
 	// checked) through /dev/mapper/name.
 	readStore(name string, want merge.Expect) (*merge.Store, error)
+	// syncDevice flushes /dev/mapper/name down to its devices (fsync).
+	syncDevice(name string) error
 	// flushBuffers drops the page cache of the block device at path
 	// (BLKFLSBUF). Device-mapper writes the origin below that cache, so
 	// whatever was read through the origin's own node before a merge would

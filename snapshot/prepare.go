@@ -476,6 +476,12 @@ func (v *volume) prepared(phase Phase) error {
 		v.rec.Step, v.rec.Command = "", ""
 		return v.save()
 	}
+	// The kernel wrote the store's header when it loaded the snapshot, and
+	// a prepared store whose header reads as zeroed is refused later: make
+	// it durable before the record says prepared.
+	if err := v.m.k.syncDevice(cowName(v.name())); err != nil {
+		return fmt.Errorf("flush %q: %w", cowName(v.name()), err)
+	}
 	return v.settle(PhasePrepared, "prepare", fmt.Sprintf("%s mode, store %s, %d bytes, %d extents", v.rec.Mode, v.rec.Store.Path, v.rec.Store.Bytes, len(v.rec.Store.Segments)))
 }
 

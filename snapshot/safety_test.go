@@ -270,3 +270,8 @@ func TestDryRunPlacement(t *testing.T) {
 		t.Errorf("got placement %+v, want ext4 on 98:16 with its device", plan.Placement)
 	}
 }
+
+func (k *modelKernel) syncDevice(name string) error {
+	_, err := k.get(name)
+	return err
+}

@@ -245,3 +245,18 @@ func originAsLinear(major, minor uint32) (dmtable.Table, bool, error) {
 	}
 	return out, true, nil
 }
+
+// syncDevice makes what the kernel wrote through /dev/mapper/name durable:
+// fsync of a block device flushes its dirty pages and the volatile caches
+// of the devices beneath.
+func (dmKernel) syncDevice(name string) error {
+	f, err := os.Open(mapperPath(name))
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", mapperPath(name), err)
+	}
+	return nil
+}
