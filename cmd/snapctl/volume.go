@@ -284,6 +284,9 @@ func newStatusCmd(a *app) *cobra.Command {
 		Long: `Status shows, per volume: mode, phase, the devices of its stack and their
 tables, the store (path, size, extent count), its usage from the kernel (data
 chunks used, percent full, chunks left, Invalid/Overflow) and merge progress.
+The kernel forgets an Overflow once the snapshot is unloaded (deactivate,
+reboot): status records whatever it sees in the volume's state, and shows a
+store that was ever seen full or invalid, which snapctl will never merge.
 --json prints a stable object per volume (schema_version 1, see docs/json.md).`,
 		Args: maxArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
