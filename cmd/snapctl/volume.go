@@ -598,9 +598,9 @@ func placementDevices(p *snapshot.Placement) string {
 // unusableAdvice is what to do with a store seen full or invalid.
 func unusableAdvice(name string, mode snapshot.Mode) string {
 	if mode == snapshot.Update {
-		return "the update in it is incomplete: discard it with `snapctl rollback " + name + "` (the origin keeps the old version), then prepare a larger store and write the update again"
+		return "the update in it is incomplete: drop it with `snapctl rollback " + name + "` (the origin keeps the old version), then prepare a larger store and write the update again"
 	}
-	return "the checkpoint is lost: `snapctl commit " + name + "` drops it and keeps the current content"
+	return "the checkpoint is lost: drop it with `snapctl commit " + name + "` (the current content stays)"
 }
 
 // classifyStoreErr maps the store checks' errors: a store seen full or
