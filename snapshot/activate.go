@@ -78,6 +78,9 @@ func (m *Manager) activateOpts(ctx context.Context, v *volume, o ActivateOptions
 	case PhasePrepared:
 		// After a reboot nothing exists: build the stack first, then run a
 		// rollback scheduled for the next activate on top of it.
+		if err := v.observeStore(); err != nil {
+			return err
+		}
 		if err := v.buildPrepared(PhasePrepared); err != nil {
 			return err
 		}
@@ -107,6 +110,10 @@ func (m *Manager) Deactivate(ctx context.Context, name string) error {
 		return err
 	} else if n > 0 {
 		return &InUseError{Volume: name, Device: mapperPath(name), OpenCount: n, Op: "deactivate"}
+	}
+	// The kernel forgets an Overflow with the table: record it first.
+	if err := v.observeStore(); err != nil {
+		return fmt.Errorf("deactivate %q: %w", name, err)
 	}
 	if err := v.removeIfExists(name); err != nil {
 		return fmt.Errorf("deactivate %q: %w", name, err)

@@ -37,6 +37,11 @@ type kernel interface {
 	// readHeader reads and checks the store header through
 	// /dev/mapper/name, with O_DIRECT.
 	readHeader(name string) (merge.Header, error)
+	// readStore parses the whole store (header and exception areas, bounds
+	// checked) through /dev/mapper/name.
+	readStore(name string, want merge.Expect) (*merge.Store, error)
+	// syncDevice flushes /dev/mapper/name down to its devices (fsync).
+	syncDevice(name string) error
 	// flushBuffers drops the page cache of the block device at path
 	// (BLKFLSBUF). Device-mapper writes the origin below that cache, so
 	// whatever was read through the origin's own node before a merge would
@@ -75,6 +80,11 @@ type storeFS interface {
 	// could record the inode: only an empty or exactly sized regular file.
 	// reachable is false when its filesystem is not mounted (delete later).
 	removePartial(s Store) (reachable bool, err error)
+	// revalidate lists how the store file differs from s (FIEMAP, inode,
+	// flags) when its filesystem is mounted.
+	revalidate(s Store) (changes []string, err error)
+	// placement is where a store at path would be, for a dry run.
+	placement(path string, backend Backend) (*Placement, error)
 }
 
 // Tables of the stack.

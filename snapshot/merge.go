@@ -35,7 +35,7 @@ func (v *volume) checkMergeable(op string) error {
 		return fmt.Errorf("%s %q: status of %q: %w", op, v.name(), dev, err)
 	}
 	if st.State != dmtable.SnapshotActive {
-		return &StoreUnusableError{Volume: v.name(), State: st.State}
+		return joinErr(&StoreUnusableError{Volume: v.name(), State: st.State}, v.noteUnusable(st.State))
 	}
 	h, err := v.m.k.readHeader(cowName(v.name()))
 	var bad *merge.CorruptError
@@ -46,7 +46,12 @@ func (v *volume) checkMergeable(op string) error {
 		return fmt.Errorf("%s %q: read the store header: %w", op, v.name(), err)
 	case h.Fresh() || !h.Valid:
 		// A store the kernel never wrote, or one it invalidated, merges as
-		// a silent no-op.
+		// a silent no-op. One it invalidated stays refused for good.
+		if !h.Fresh() {
+			if err := v.noteUnusable(dmtable.SnapshotInvalid); err != nil {
+				return err
+			}
+		}
 		valid := 0
 		if h.Valid {
 			valid = 1
@@ -68,6 +73,9 @@ func (v *volume) merge(ctx context.Context, op string, wait bool) error {
 		return err
 	}
 	if v.rec.Phase == PhasePrepared {
+		if err := v.checkUsable(op); err != nil {
+			return err
+		}
 		// A deactivated volume (or one not activated since boot) gets its
 		// stack back first: the kernel's view of the store decides below.
 		if err := v.buildPrepared(PhasePrepared); err != nil {
@@ -192,6 +200,11 @@ func (v *volume) handover() (done bool, err error) {
 			}
 		}
 	default:
+		// Nothing holds the store (a merge resumed after a reboot): check
+		// it is still the one prepare made before the merge reads it.
+		if err := v.checkStore(); err != nil {
+			return false, err
+		}
 		if err := v.ensure(name, want); err != nil {
 			return false, err
 		}

@@ -39,6 +39,12 @@ func (m *Manager) MergeOffline(ctx context.Context, name string, opts merge.Offl
 	defer v.close()
 	switch {
 	case v.rec.Phase == PhasePrepared:
+		if err := v.checkUsable("merge --offline"); err != nil {
+			return nil, err
+		}
+		if err := v.checkStoreFile(); err != nil {
+			return nil, err
+		}
 	case v.rec.Phase == PhaseMerging && strings.HasPrefix(v.rec.Step, "merge:offline"):
 	case v.rec.Phase == PhaseAttached:
 		return nil, &WrongPhaseError{Volume: name, Op: "offline merge", Phase: v.rec.Phase}

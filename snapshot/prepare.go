@@ -36,9 +36,12 @@ type Plan struct {
 	StoreBytes uint64            `json:"store_bytes"`
 	SizeReason string            `json:"size_reason"`
 	ChunkBytes uint64            `json:"chunk_bytes"`
-	Tables     map[string]string `json:"tables"` // device name → table text
+	Tables     map[string]string `json:"tables"` // device name → table text (NAME-cow only once allocated)
 	Extents    int               `json:"extents,omitempty"`
 	DryRun     bool              `json:"dry_run"`
+	// Placement is, in a dry run, where the store would be; its segments
+	// (the NAME-cow table) are known only once the file is allocated.
+	Placement *Placement `json:"store_placement,omitempty"`
 }
 
 // reserve is what checkpoint-mode auto sizing leaves free on the store's
@@ -63,6 +66,9 @@ func (m *Manager) Prepare(ctx context.Context, o PrepareOptions) (*Plan, error) 
 	}
 	if o.Overflow != OverflowInvalidate && o.Overflow != OverflowFail {
 		return nil, fmt.Errorf("prepare %q: unknown overflow policy %q (want fail or invalidate)", o.Name, o.Overflow)
+	}
+	if err := checkOverflowMode(o); err != nil {
+		return nil, err
 	}
 	if o.ChunkSectors == 0 {
 		o.ChunkSectors = 8
@@ -253,7 +259,12 @@ func (m *Manager) plan(ctx context.Context, v *volume, o PrepareOptions) (*Plan,
 	}
 	cow, helper := mapperPath(cowName(o.Name)), mapperPath(realName(o.Name))
 	s := &Store{ChunkSectors: o.ChunkSectors, Overflow: o.Overflow}
-	p.Tables[cowName(o.Name)] = fmt.Sprintf("linear segments over the extents of %s, resolved at allocation", o.StorePath)
+	if o.DryRun {
+		// NAME-cow's table is known only once the file is allocated.
+		if p.Placement, err = m.fs.placement(o.StorePath, o.Backend); err != nil {
+			return nil, fmt.Errorf("prepare %q: store %s: %w", o.Name, o.StorePath, err)
+		}
+	}
 	if o.Mode == Checkpoint {
 		p.Tables[realName(o.Name)] = linearTable(origin).String()
 		p.Tables[snapName(o.Name)] = snapshotTable(origin.Sectors, helper, cow, s).String()
@@ -373,6 +384,13 @@ func (v *volume) buildPrepared(phase Phase) error {
 	if err := v.buildLower(); err != nil {
 		return err
 	}
+	if phase != PhasePreparing {
+		// A store found again (activate, merge) must still be the one
+		// prepare made before a snapshot table is loaded over it.
+		if err := v.checkStore(); err != nil {
+			return err
+		}
+	}
 	cow, err := v.devOf(cowName(name))
 	if err != nil {
 		return err
@@ -463,6 +481,12 @@ func (v *volume) prepared(phase Phase) error {
 		}
 		v.rec.Step, v.rec.Command = "", ""
 		return v.save()
+	}
+	// The kernel wrote the store's header when it loaded the snapshot, and
+	// a prepared store whose header reads as zeroed is refused later: make
+	// it durable before the record says prepared.
+	if err := v.m.k.syncDevice(cowName(v.name())); err != nil {
+		return fmt.Errorf("flush %q: %w", cowName(v.name()), err)
 	}
 	return v.settle(PhasePrepared, "prepare", fmt.Sprintf("%s mode, store %s, %d bytes, %d extents", v.rec.Mode, v.rec.Store.Path, v.rec.Store.Bytes, len(v.rec.Store.Segments)))
 }

@@ -107,6 +107,12 @@ type Store struct {
 	Backend      Backend   `json:"backend"`
 	Overflow     Overflow  `json:"overflow"`
 	Segments     []Segment `json:"segments"`
+	// Unusable is "overflow" or "invalid" once any snapctl command saw the
+	// kernel report the store so (or found its header marked invalid). The
+	// kernel keeps Overflow in memory only: after a deactivate or a reboot
+	// the store loads clean, so the record remembers it, and a store marked
+	// here is never merged. Empty in records written before the field.
+	Unusable string `json:"unusable,omitempty"`
 }
 
 // Sectors is the size of the mapped store.

@@ -118,6 +118,9 @@ func (m *Manager) Status(ctx context.Context, name string) (*VolumeStatus, error
 		u.ChunksLeft = chunksLeft(st.Total/chunk, u.DataChunks, chunk)
 	}
 	s.Usage = u
+	if u := unusableState(st.State); u != "" && rec.Store.Unusable == "" && m.noteUnusableUnlocked(ctx, name, st.State) {
+		rec.Store.Unusable = u
+	}
 	if t[0].Type == dmtable.TypeSnapshotMerge {
 		left := u.DataChunks
 		s.MergeChunksLeft = &left

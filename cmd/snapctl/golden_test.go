@@ -741,6 +741,8 @@ func TestTypedErrorHints(t *testing.T) {
 		{err: &snapshot.StoreUnusableError{Volume: "vol", State: dmtable.SnapshotInvalid}, code: exitRefused, hint: "snapctl drop vol"},
 		{err: &snapshot.StoreUnusableError{Volume: "vol", State: dmtable.SnapshotOverflow}, code: exitRefused, hint: "snapctl drop vol"},
 		{err: &snapshot.StoreUnusableError{Volume: "vol", State: dmtable.SnapshotMergeFailed}, code: exitFailure, hint: "snapctl activate --wait vol"},
+		{err: &snapshot.StoreSeenUnusableError{Volume: "vol", Mode: snapshot.Update, State: "overflow", Op: "commit"}, code: exitRefused, hint: "snapctl rollback vol"},
+		{err: &snapshot.StoreChangedError{Volume: "vol", Path: "/s/ota.cow", Changes: []string{"its blocks moved"}}, code: exitInvalidData, hint: "snapctl drop vol"},
 		{err: &snapshot.DeviceChangedError{Volume: "vol", Path: "/dev/sdb1", Recorded: "8:17", Now: "8:33"}, code: exitRefused, hint: "re-attach"},
 		{err: &snapshot.CorruptRecordError{Path: "/var/lib/snapctl/vol.json", Err: errors.New("unexpected EOF")}, code: exitInvalidData, hint: "record"},
 		{err: &snapshot.UnknownVolumeError{Name: "vol", Dir: "/var/lib/snapctl"}, code: exitRefused, hint: "snapctl attach vol"},

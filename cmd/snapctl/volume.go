@@ -31,6 +31,7 @@ func init() {
 	register(newGrowCmd)
 	register(newMonitorCmd)
 	registerClassifier(classifyVolumeErr)
+	registerClassifier(classifyStoreErr)
 }
 
 // manager opens the state directory for a volume command.
@@ -107,8 +108,17 @@ builds the snapshot over the volume, live.
 --size auto sizes the store exactly (dm-snapshot's exception-store formula) for
 the change set given by --changes or --new-image; in checkpoint mode without a
 change set it takes the store filesystem's free space less a reserve (5 % or
-256 MiB, whichever is smaller), capped by --max-size. --dry-run prints every
-table and the file it would allocate and changes nothing.
+256 MiB, whichever is smaller), capped by --max-size.
+
+--overflow fail (update mode only) makes writes to a full store fail instead of
+invalidating the snapshot, so a too-small store costs the update, not the
+snapshot; snapctl records a store it ever sees full and never merges it. In
+checkpoint mode it is refused: writes go to the origin there, and a write that
+finds the store full invalidates the snapshot whatever the policy.
+
+--dry-run changes nothing: it prints the size, the filesystem and the devices
+the store's blocks will be on, and every table but NAME-cow's, which exists only
+once the filesystem has allocated the file.
 
 Examples:
   snapctl prepare data --origin /dev/sdb1 --store /data/.snapctl-store --size auto
@@ -173,6 +183,10 @@ Examples:
 				a.printf(", %d extents", plan.Extents)
 			}
 			a.printf("\n")
+			if pl := plan.Placement; pl != nil {
+				a.printf("store blocks: not known in a dry run: %s chooses them when it allocates the file, and %s-cow maps them then.\n", pl.Filesystem, plan.Name)
+				a.printf("  the %d bytes will be allocated by %s on %s, %s\n", plan.StoreBytes, pl.Filesystem, describeNode(pl.FSDevice, pl.FSDev), placementDevices(pl))
+			}
 			for _, d := range []string{plan.Name + "-cow", plan.Name + "-real", plan.Name + "-base", plan.Name + "-snap", plan.Name} {
 				if t, ok := plan.Tables[d]; ok {
 					a.printf("table %s:\n  %s\n", d, strings.ReplaceAll(strings.TrimSpace(t), "\n", "\n  "))
@@ -190,7 +204,7 @@ Examples:
 	f.StringVar(&chunk, "chunk-size", "4K", "exception chunk size, a power of two from 4K to 512K")
 	f.StringVar(&changes, "changes", "", "file of byte ranges the update writes (offset length per line), for --size auto")
 	f.StringVar(&newImage, "new-image", "", "the new image, diffed against the origin, for --size auto")
-	f.StringVar(&overflow, "overflow", "invalidate", "a full store: invalidate the snapshot, or fail writes to it (PO, update mode)")
+	f.StringVar(&overflow, "overflow", "invalidate", "a full store: invalidate the snapshot, or fail writes to it (PO; update mode only, refused in checkpoint mode)")
 	f.StringVar(&backend, "backend", "fiemap", "fiemap (map the file's blocks on the raw device) or loop (a loop device over the file, for a filesystem mounted directly on a partition)")
 	f.BoolVar(&a.dryRun, "dry-run", false, "print what would be done; change nothing")
 	return c
@@ -272,6 +286,9 @@ func newStatusCmd(a *app) *cobra.Command {
 		Long: `Status shows, per volume: mode, phase, the devices of its stack and their
 tables, the store (path, size, extent count), its usage from the kernel (data
 chunks used, percent full, chunks left, Invalid/Overflow) and merge progress.
+The kernel forgets an Overflow once the snapshot is unloaded (deactivate,
+reboot): status records whatever it sees in the volume's state, and shows a
+store that was ever seen full or invalid, which snapctl will never merge.
 --json prints a stable object per volume (schema_version 1, see docs/json.md).`,
 		Args: maxArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -321,6 +338,9 @@ func (a *app) printStatus(s *snapshot.VolumeStatus) {
 	a.printf("  origin: %s (%s, %d bytes)\n", s.Origin.Path, s.Origin.Dev, s.Origin.Sectors*512)
 	if s.Store != nil {
 		a.printf("  store:  %s (%d bytes, chunk %d bytes, %d extents, overflow=%s)\n", s.Store.Path, s.Store.Bytes, s.Store.ChunkSectors*512, s.Extents, s.Store.Overflow)
+		if s.Store.Unusable != "" {
+			a.printf("  store was seen %s: it will never be merged; %s\n", strings.ToUpper(s.Store.Unusable), unusableAdvice(s.Name, s.Mode))
+		}
 	}
 	if u := s.Usage; u != nil {
 		if u.State != dmtable.SnapshotActive {
@@ -551,6 +571,56 @@ until interrupted (see contrib/systemd/snapctl-monitor.service).`,
 	c.Flags().Float64Var(&o.Percent, "autoextend-percent", 20, "grow by this percent of the store's size")
 	c.Flags().DurationVar(&o.Interval, "interval", 2*time.Second, "how often to look")
 	return c
+}
+
+// describeNode is "node (major:minor)", or the number alone.
+func describeNode(node, dev string) string {
+	if node == "" {
+		return dev
+	}
+	return node + " (" + dev + ")"
+}
+
+// placementDevices says where a dry run's store segments will be.
+func placementDevices(p *snapshot.Placement) string {
+	if p.Backend == "loop" {
+		return "and mapped whole through a loop device over the file (--backend loop)"
+	}
+	var ds []string
+	for _, d := range p.Devices {
+		node := ""
+		if maj, min, err := dmtable.ParseDevNum(d); err == nil {
+			node, _ = dmtable.PathByDev(maj, min)
+		}
+		ds = append(ds, describeNode(node, d))
+	}
+	return "in segments on " + strings.Join(ds, ", ")
+}
+
+// unusableAdvice is what to do with a store seen full or invalid.
+func unusableAdvice(name string, mode snapshot.Mode) string {
+	if mode == snapshot.Update {
+		return "the update in it is incomplete: drop it with `snapctl rollback " + name + "` (the origin keeps the old version), then prepare a larger store and write the update again"
+	}
+	return "the checkpoint is lost: drop it with `snapctl commit " + name + "` (the current content stays)"
+}
+
+// classifyStoreErr maps the store checks' errors: a store seen full or
+// invalid (refused, 4) and a store whose file or blocks changed (invalid
+// data, 3).
+func classifyStoreErr(err error) (int, string, bool) {
+	var (
+		seen    *snapshot.StoreSeenUnusableError
+		changed *snapshot.StoreChangedError
+	)
+	switch {
+	case errors.As(err, &seen):
+		return exitRefused, unusableAdvice(seen.Volume, seen.Mode), true
+	case errors.As(err, &changed):
+		return exitInvalidData, "nothing was mapped or written. If the file was only moved or copied, the blocks the snapshot used are gone: give the snapshot up with `snapctl drop " + changed.Volume +
+			"` (update mode: the origin keeps the old version; checkpoint mode: the current content stays)", true
+	}
+	return 0, "", false
 }
 
 // classifyVolumeErr maps the lifecycle's typed errors to exit codes and
