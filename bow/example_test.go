@@ -2,6 +2,7 @@ package bow_test
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -32,7 +33,7 @@ func Example() {
 	e.WriteAt(bytes.Repeat([]byte("old data "), 1000), 64<<10)
 	e.Discard(512<<10, 512<<10)
 
-	if err := e.Checkpoint(); err != nil {
+	if err := e.Checkpoint(context.Background()); err != nil {
 		fmt.Println(err)
 		return
 	}
@@ -45,7 +46,7 @@ func Example() {
 	e.Close()
 
 	// Offline: copy the backups home.
-	sum, err := bow.Restore(dev, bow.RestoreOptions{})
+	sum, err := bow.Restore(context.Background(), dev, bow.RestoreOptions{})
 	if err != nil {
 		fmt.Println(err)
 		return

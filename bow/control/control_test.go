@@ -27,7 +27,7 @@ func (h *engineHandler) Status() *Status {
 	return &Status{Status: h.e.Status(), NBD: "/dev/nbd9", PID: os.Getpid()}
 }
 
-func (h *engineHandler) change(ctx context.Context, do func() error) error {
+func (h *engineHandler) change(ctx context.Context, do func(context.Context) error) error {
 	if h.wait != nil {
 		select {
 		case <-h.wait:
@@ -38,7 +38,7 @@ func (h *engineHandler) change(ctx context.Context, do func() error) error {
 	if h.fail != nil {
 		return h.fail
 	}
-	return do()
+	return do(ctx)
 }
 
 func (h *engineHandler) Checkpoint(ctx context.Context) error { return h.change(ctx, h.e.Checkpoint) }

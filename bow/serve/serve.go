@@ -274,21 +274,13 @@ func (s *Server) Status() *control.Status {
 	}
 }
 
-// Checkpoint takes a checkpoint: from trim to checkpoint state.
-func (s *Server) Checkpoint(ctx context.Context) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	return s.e.Checkpoint()
-}
+// Checkpoint takes a checkpoint: from trim to checkpoint state (see
+// bow.Engine.SetState for ctx).
+func (s *Server) Checkpoint(ctx context.Context) error { return s.e.Checkpoint(ctx) }
 
-// Commit commits the checkpoint: from checkpoint to committed state.
-func (s *Server) Commit(ctx context.Context) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	return s.e.Commit()
-}
+// Commit commits the checkpoint: from checkpoint to committed state (see
+// bow.Engine.SetState for ctx).
+func (s *Server) Commit(ctx context.Context) error { return s.e.Commit(ctx) }
 
 // handler answers the control socket.
 type handler struct{ s *Server }

@@ -287,7 +287,7 @@ func (a *app) bowCommitOffline(dev string) error {
 		return err
 	}
 	defer d.Close()
-	if err := bow.RollForward(d); err != nil {
+	if err := bow.RollForward(context.Background(), d); err != nil {
 		return err
 	}
 	if err := d.Flush(); err != nil {

@@ -29,8 +29,8 @@ type engineHandler struct {
 func (h engineHandler) Status() *serveStatus {
 	return &serveStatus{Status: h.e.Status(), NBD: "/dev/nbd9", PID: os.Getpid(), StatePath: "/x.map", Server: h.srv.Stats()}
 }
-func (h engineHandler) Checkpoint(context.Context) error { return h.e.Checkpoint() }
-func (h engineHandler) Commit(context.Context) error     { return h.e.Commit() }
+func (h engineHandler) Checkpoint(ctx context.Context) error { return h.e.Checkpoint(ctx) }
+func (h engineHandler) Commit(ctx context.Context) error     { return h.e.Commit(ctx) }
 
 // startControl runs a control socket for an engine on an in-memory device.
 func startControl(t *testing.T, size int64) (*bow.Engine, string) {
