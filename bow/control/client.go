@@ -8,6 +8,7 @@ import (
 	"net"
 	"path/filepath"
 	"sort"
+	"strings"
 	"time"
 )
 
@@ -30,6 +31,34 @@ func Sockets(dir string) ([]string, error) {
 	socks, err := filepath.Glob(filepath.Join(dir, "bow-*.sock"))
 	sort.Strings(socks)
 	return socks, err
+}
+
+// AmbiguousError reports several servers where Locate was to find one.
+type AmbiguousError struct {
+	Sockets []string
+}
+
+func (e AmbiguousError) Error() string {
+	return fmt.Sprintf("%d bow servers are running (%s): name one", len(e.Sockets), strings.Join(e.Sockets, ", "))
+}
+
+// Locate finds the control socket of the server of dev: its default
+// socket, or with dev empty the one server running with a default socket.
+// No server is NoServerError, several AmbiguousError.
+func Locate(dev string) (string, error) {
+	if dev != "" {
+		return DefaultSocket(dev), nil
+	}
+	socks, err := Sockets("")
+	switch {
+	case err != nil:
+		return "", err
+	case len(socks) == 1:
+		return socks[0], nil
+	case len(socks) == 0:
+		return "", NoServerError{Socket: filepath.Join(DefaultDir, "bow-*.sock"), Err: errors.New("no bow server is running")}
+	}
+	return "", AmbiguousError{Sockets: socks}
 }
 
 // dialTimeout bounds the connection to a server when ctx has no deadline.

@@ -221,3 +221,12 @@ func TestSockets(t *testing.T) {
 		t.Errorf("DefaultSocket: got %q, want %q", got, want)
 	}
 }
+
+func TestLocate(t *testing.T) {
+	if got, err := Locate("/dev/sdb"); err != nil || got != "/run/snapctl/bow-sdb.sock" {
+		t.Errorf("Locate(/dev/sdb) = %q, %v; want the default socket", got, err)
+	}
+	if got, want := (AmbiguousError{Sockets: []string{"a", "b"}}).Error(), "2 bow servers are running (a, b): name one"; got != want {
+		t.Errorf("AmbiguousError: got %q, want %q", got, want)
+	}
+}

@@ -63,8 +63,11 @@ type Config struct {
 	Workers int
 	// Runner is the command line of the helper process that runs the
 	// kernel side of the NBD device (nbd.BindOptions.Runner): a program
-	// whose body is nbd.RunDevice. Empty runs it on a thread of this
-	// process, which a SIGKILL of the process under load can deadlock.
+	// whose body is nbd.RunDevice. A program usually re-executes itself
+	// ("/proc/self/exe" and an argument its main answers by calling
+	// nbd.RunDevice), as snapctl does with its hidden "bow nbd-run".
+	// Empty runs it on a thread of this process, which a SIGKILL of the
+	// process under load can deadlock.
 	Runner []string
 	// Harden locks the process's memory and marks it an I/O flusher
 	// (nbd.Harden), so that serving the kernel device never waits on

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os/signal"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -189,17 +188,17 @@ func controlFor(cmd *cobra.Command, socket string, args []string) (string, error
 		return "", newUsageError(cmd.CommandPath(), errors.New("give DEV or --control, not both"))
 	case socket != "":
 		return socket, nil
-	case len(args) == 1:
-		return control.DefaultSocket(args[0]), nil
 	}
-	socks, _ := control.Sockets("")
-	switch len(socks) {
-	case 1:
-		return socks[0], nil
-	case 0:
-		return "", control.NoServerError{Socket: filepath.Join(control.DefaultDir, "bow-*.sock"), Err: errors.New("no bow server is running")}
+	var dev string
+	if len(args) == 1 {
+		dev = args[0]
 	}
-	return "", newUsageError(cmd.CommandPath(), fmt.Errorf("%d bow servers are running (%s): name one with DEV or --control", len(socks), strings.Join(socks, ", ")))
+	sock, err := control.Locate(dev)
+	var amb control.AmbiguousError
+	if errors.As(err, &amb) {
+		return "", newUsageError(cmd.CommandPath(), fmt.Errorf("%d bow servers are running (%s): name one with DEV or --control", len(amb.Sockets), strings.Join(amb.Sockets, ", ")))
+	}
+	return sock, err
 }
 
 func controlCmd(a *app, use, short, long string, op control.Op, show func(*serveStatus)) *cobra.Command {
