@@ -114,7 +114,8 @@ type Result struct {
 	StatePath string    // where a checkpoint's range map was saved
 }
 
-// Server is a bow device being served.
+// Server is a bow device being served. It is the control.Handler of its
+// control socket.
 type Server struct {
 	cfg  Config
 	log  *slog.Logger
@@ -214,7 +215,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 			return nil, errors.Join(err, s.closeEngine())
 		}
 	}
-	ctl, err := control.Listen(cfg.Control, handler{s})
+	ctl, err := control.Listen(cfg.Control, s)
 	if err != nil {
 		return nil, errors.Join(err, s.stopFront(context.WithoutCancel(ctx)), s.closeEngine())
 	}
@@ -264,6 +265,8 @@ func (s *Server) Control() string { return s.cfg.Control }
 // it); Stop is still needed then.
 func (s *Server) Done() <-chan struct{} { return s.done }
 
+var _ control.Handler = (*Server)(nil)
+
 // Status reports the engine's and the server's state, as the control
 // socket does.
 func (s *Server) Status() *control.Status {
@@ -284,13 +287,6 @@ func (s *Server) Checkpoint(ctx context.Context) error { return s.e.Checkpoint(c
 // Commit commits the checkpoint: from checkpoint to committed state (see
 // bow.Engine.SetState for ctx).
 func (s *Server) Commit(ctx context.Context) error { return s.e.Commit(ctx) }
-
-// handler answers the control socket.
-type handler struct{ s *Server }
-
-func (h handler) Status() *control.Status              { return h.s.Status() }
-func (h handler) Checkpoint(ctx context.Context) error { return h.s.Checkpoint(ctx) }
-func (h handler) Commit(ctx context.Context) error     { return h.s.Commit(ctx) }
 
 // disconnectTimeout bounds the kernel's disconnect when Stop's ctx has no
 // deadline.
