@@ -2,6 +2,7 @@ package bow
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"os"
 	"os/exec"
@@ -52,7 +53,7 @@ func TestCrashHookChild(t *testing.T) {
 	if err := e.Discard(hookBlocks/2*hookBS, hookBlocks/2*hookBS); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.Checkpoint(); err != nil {
+	if err := e.Checkpoint(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	for i := 0; i < hookWrites; i++ {
@@ -62,7 +63,7 @@ func TestCrashHookChild(t *testing.T) {
 		}
 	}
 	if scenario == "commit" {
-		if err := e.Commit(); err != nil {
+		if err := e.Commit(context.Background()); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -70,7 +71,7 @@ func TestCrashHookChild(t *testing.T) {
 		t.Fatal(err)
 	}
 	if scenario == "restore" {
-		if _, err := Restore(f, RestoreOptions{}); err != nil {
+		if _, err := Restore(context.Background(), f, RestoreOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -154,16 +155,16 @@ func TestCrashHook(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				_, ierr := Inspect(f)
+				_, ierr := Inspect(context.Background(), f)
 				var nl NoLogError
 				switch {
 				case errors.As(ierr, &nl):
 				case ierr != nil:
 					t.Fatalf("k=%d: inspect after the kill: %v", k, ierr)
 				case tc.scenario == "restore":
-					_, err = Restore(f, RestoreOptions{})
+					_, err = Restore(context.Background(), f, RestoreOptions{})
 				default:
-					err = RollForward(f)
+					err = RollForward(context.Background(), f)
 				}
 				if err != nil {
 					t.Fatalf("k=%d: recovery: %v", k, err)

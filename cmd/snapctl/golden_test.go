@@ -308,7 +308,7 @@ func TestGoldenJSON(t *testing.T) {
 	bowRestored, _ := bowImage(t, 512)
 	bowCommitted, _ := bowImage(t, 512)
 	engine, sock := startControl(t, 1<<20)
-	if err := (engineBackend{engine}).Trim(512<<10, 512<<10); err != nil {
+	if err := engine.Trim(512<<10, 512<<10); err != nil {
 		t.Fatal(err)
 	}
 
