@@ -102,7 +102,11 @@ func Restore(ctx context.Context, dev Device, opts RestoreOptions) (RestoreSumma
 	verr := c.validate()
 	sum.LogBlocks, sum.Entries, sum.Bytes = len(c.logs), c.entries, c.bytes
 	if verr != nil {
-		if !opts.RollForwardOnCorruption || opts.DryRun || ctx.Err() != nil {
+		// Only a damaged chain is rolled forward: an I/O error while
+		// checking it says nothing about the log, and dropping the
+		// checkpoint for it would throw away a restorable earlier state.
+		var corrupt CorruptLogError
+		if !opts.RollForwardOnCorruption || opts.DryRun || ctx.Err() != nil || !errors.As(verr, &corrupt) {
 			return sum, verr
 		}
 		if err := rollForward(dev, c.top); err != nil {

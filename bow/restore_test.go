@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"syscall"
 	"testing"
 )
 
@@ -276,5 +277,34 @@ func TestRestoreContext(t *testing.T) {
 	}
 	if !bytes.Equal(dev.Bytes(), img) {
 		t.Fatal("a restore with a cancelled context wrote to the device")
+	}
+}
+
+// readFailer fails every read that touches [from, to) with EIO, and
+// counts writes.
+type readFailer struct {
+	writeCounter
+	from, to int64
+}
+
+func (r *readFailer) ReadAt(p []byte, off int64) (int, error) {
+	if off < r.to && off+int64(len(p)) > r.from {
+		return 0, syscall.EIO
+	}
+	return r.Mem.ReadAt(p, off)
+}
+
+// TestRestoreNoRollForwardOnIOError: an I/O error while the chain is
+// checked is not a damaged chain: the checkpoint stays, nothing is
+// written, and the error keeps its errno.
+func TestRestoreNoRollForwardOnIOError(t *testing.T) {
+	const bs = 1024
+	img, _ := handImage(t)
+	// Blocks 11-12 hold a backup (not a log block): only the checksum
+	// check reads them.
+	dev := &readFailer{writeCounter: writeCounter{Mem: NewMemFrom(img)}, from: 11 * bs, to: 12 * bs}
+	sum, err := Restore(context.Background(), dev, RestoreOptions{RollForwardOnCorruption: true})
+	if !errors.Is(err, syscall.EIO) || sum.RolledForward || dev.writes != 0 {
+		t.Fatalf("got %v, rolled forward %v, %d writes; want EIO, no roll forward, no write", err, sum.RolledForward, dev.writes)
 	}
 }
