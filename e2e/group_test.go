@@ -268,7 +268,7 @@ func (g *grp) markGoodUnit(name string) string {
 func grpBoots(t *testing.T, phases int, disks []Disk, cut int) {
 	repo, err := moduleRoot()
 	must(t, err)
-	m := NewMachine(t, Config{Disks: disks, Timeout: 3 * time.Minute})
+	m := NewMachine(t, Config{Disks: disks, Timeout: 10 * time.Minute})
 	dir := t.TempDir()
 	var total time.Duration
 	for p := 1; p <= phases; p++ {
