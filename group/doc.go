@@ -26,7 +26,9 @@
 // Each member's step is idempotent (it is an ordinary snapshot commit or
 // rollback, which finishes after a kill), so a kill or a power cut at any
 // point ends, at the next Activate or the same command again, with every
-// member committed or every member rolled back, never a mix.
+// member committed or every member rolled back, never a mix. The members
+// whose step is a merge go first (a merge can fail: an I/O error, a store
+// the kernel invalidated), the drops last.
 //
 // The volume records carry their group's name (snapshot.Record.Group), and
 // package snapshot itself reads the group's record before it merges or
