@@ -76,15 +76,20 @@ func (m *Manager) activateOpts(ctx context.Context, v *volume, o ActivateOptions
 	case PhaseGrowing:
 		return v.finishGrow()
 	case PhasePrepared:
+		gate, err := v.groupBeforeBuild()
+		if err != nil {
+			return err
+		}
 		// After a reboot nothing exists: build the stack first, then run a
-		// rollback scheduled for the next activate on top of it.
+		// rollback scheduled for the next activate (or decided by the
+		// volume's update group) on top of it.
 		if err := v.observeStore(); err != nil {
 			return err
 		}
 		if err := v.buildPrepared(PhasePrepared); err != nil {
 			return err
 		}
-		if v.rec.Scheduled == "rollback" {
+		if v.rec.Scheduled == "rollback" || gate != nil && gate.Decision == GroupRollback {
 			return v.rollback(ctx, o.Wait)
 		}
 		return nil

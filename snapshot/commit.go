@@ -35,6 +35,9 @@ func (m *Manager) Rollback(ctx context.Context, name string, o RollbackOptions) 
 		if v.rec.Phase != PhasePrepared {
 			return &WrongPhaseError{Volume: name, Op: "rollback", Phase: v.rec.Phase, Mode: v.rec.Mode}
 		}
+		if err := v.groupAllows("rollback --at-next-activate", "rollback"); err != nil {
+			return err
+		}
 		v.rec.Scheduled = "rollback"
 		v.rec.event("rollback scheduled", "for the next activate")
 		return v.save()

@@ -73,6 +73,9 @@ func (v *volume) merge(ctx context.Context, op string, wait bool) error {
 		return err
 	}
 	if v.rec.Phase == PhasePrepared {
+		if err := v.groupAllows(op, "merge"); err != nil {
+			return err
+		}
 		if err := v.checkUsable(op); err != nil {
 			return err
 		}

@@ -39,6 +39,9 @@ func (m *Manager) MergeOffline(ctx context.Context, name string, opts merge.Offl
 	defer v.close()
 	switch {
 	case v.rec.Phase == PhasePrepared:
+		if err := v.groupAllows("merge --offline", "merge"); err != nil {
+			return nil, err
+		}
 		if err := v.checkUsable("merge --offline"); err != nil {
 			return nil, err
 		}

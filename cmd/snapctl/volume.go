@@ -92,6 +92,7 @@ func newPrepareCmd(a *app) *cobra.Command {
 		mode, size, chunk, maxSize string
 		overflow, backend          string
 		changes, newImage          string
+		groupName                  string
 	)
 	c := &cobra.Command{
 		Use:   "prepare NAME --origin DEV --store PATH",
@@ -104,6 +105,10 @@ builds the snapshot over the volume, live.
   update mode: the updater writes the new version into /dev/mapper/NAME, which
     is the snapshot; the origin is untouched until the merge.
     commit = merge, rollback = drop.
+
+--group GROUP makes the volume a member of an update group: the group, not
+the volume, is then committed or rolled back ('snapctl seal', 'mark-good',
+'mark-bad').
 
 --size auto sizes the store exactly (dm-snapshot's exception-store formula) for
 the change set given by --changes or --new-image; in checkpoint mode without a
@@ -163,7 +168,15 @@ Examples:
 			if err != nil {
 				return err
 			}
-			plan, err := m.Prepare(cmd.Context(), o)
+			var plan *snapshot.Plan
+			if groupName != "" {
+				if err := snapshot.CheckName(groupName); err != nil {
+					return newUsageError(cmd.CommandPath(), fmt.Errorf("--group: %w", err))
+				}
+				plan, err = a.groups(m).Join(cmd.Context(), groupName, o)
+			} else {
+				plan, err = m.Prepare(cmd.Context(), o)
+			}
 			if err != nil {
 				return err
 			}
@@ -207,6 +220,7 @@ Examples:
 	f.StringVar(&overflow, "overflow", "invalidate", "a full store: invalidate the snapshot, or fail writes to it (PO; update mode only, refused in checkpoint mode)")
 	f.StringVar(&backend, "backend", "fiemap", "fiemap (map the file's blocks on the raw device) or loop (a loop device over the file, for a filesystem mounted directly on a partition)")
 	f.BoolVar(&a.dryRun, "dry-run", false, "print what would be done; change nothing")
+	f.StringVar(&groupName, "group", "", "join (or start) this update group: one commit-or-rollback decision for all its volumes (see 'snapctl seal --help')")
 	return c
 }
 
@@ -247,14 +261,20 @@ contrib/systemd/snapctl-activate.service). For each volume (all without NAME)
 it rebuilds the device stack from the state record, resumes a merge the kernel
 was doing, runs a rollback scheduled with --at-next-activate, undoes a prepare
 that was cut short and finishes a commit, rollback, drop or grow that was cut
-short. It is also the recovery command after a crash or a killed snapctl.`,
+short. It is also the recovery command after a crash or a killed snapctl.
+
+Update groups come first, before any volume is assembled: a decision recorded
+by mark-good or mark-bad and not yet carried out is carried out on every
+member; a sealed group whose decision is open takes one boot try (once per
+boot); a group with no tries left is rolled back, every member, before
+anything can mount it. What it did goes to stderr (the journal).`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			m, err := a.manager(cmd)
 			if err != nil {
 				return err
 			}
 			m.Progress = a.mergeProgress()
-			if err := m.Activate(cmd.Context(), o, args...); err != nil {
+			if err := a.groups(m).Activate(cmd.Context(), o, args...); err != nil {
 				return err
 			}
 			if len(args) == 0 {
@@ -281,20 +301,34 @@ func modeSuffix(s *snapshot.VolumeStatus) string {
 
 func newStatusCmd(a *app) *cobra.Command {
 	return &cobra.Command{
-		Use:   "status [NAME]",
-		Short: "Show volumes: mode, phase, devices and tables, store usage, merge progress",
+		Use:   "status [NAME|GROUP]",
+		Short: "Show volumes (mode, phase, devices, store usage, merge progress) or an update group",
 		Long: `Status shows, per volume: mode, phase, the devices of its stack and their
 tables, the store (path, size, extent count), its usage from the kernel (data
 chunks used, percent full, chunks left, Invalid/Overflow) and merge progress.
 The kernel forgets an Overflow once the snapshot is unloaded (deactivate,
 reboot): status records whatever it sees in the volume's state, and shows a
 store that was ever seen full or invalid, which snapctl will never merge.
---json prints a stable object per volume (schema_version 1, see docs/json.md).`,
+--json prints a stable object per volume (schema_version 1, see docs/json.md).
+
+With the name of an update group it shows the group: its state, tries left,
+the decision and who took it, and each member's mode and phase.`,
 		Args: maxArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			m, err := a.manager(cmd)
 			if err != nil {
 				return err
+			}
+			if g := a.groups(m); len(args) == 1 && g.IsGroup(args[0]) {
+				s, err := g.Status(cmd.Context(), args[0])
+				if err != nil {
+					return err
+				}
+				if a.json {
+					return a.printDoc(groupDoc{s})
+				}
+				a.printGroupStatus(s)
+				return nil
 			}
 			names := args
 			if len(names) == 0 {
@@ -329,6 +363,9 @@ store that was ever seen full or invalid, which snapctl will never merge.
 
 func (a *app) printStatus(s *snapshot.VolumeStatus) {
 	a.printf("%s: %s%s\n", s.Name, s.Phase, modeSuffix(s))
+	if s.Group != "" {
+		a.printf("  group: %s (`snapctl status %s`)\n", s.Group, s.Group)
+	}
 	if s.Step != "" {
 		a.printf("  operation: %s, at step %s, started by %q; if no snapctl is running it, `snapctl activate %s` finishes it\n", s.Phase, s.Step, s.Command, s.Name)
 	}
