@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -52,6 +53,23 @@ func mustSnapctl(t testing.TB, args ...string) string {
 		t.Fatalf("snapctl %s: exit %d\n%s", strings.Join(args, " "), code, errOut)
 	}
 	return out
+}
+
+// The crash hook's lines on stderr (internal/crashhook): each step a
+// tagged snapctl reaches while SNAPCTL_TEST_CRASH_AFTER or _AT is set, and
+// the step it kills itself at.
+var (
+	hookStepLine   = regexp.MustCompile(`(?m)^snapctl: test hook: step (\d+): (.*)$`)
+	hookKilledLine = regexp.MustCompile(`(?m)^snapctl: test hook: killed at step (\d+) \((.*)\)$`)
+)
+
+// hookSteps lists the steps a snapctl run announced, in order.
+func hookSteps(out string) []string {
+	var steps []string
+	for _, m := range hookStepLine.FindAllStringSubmatch(out, -1) {
+		steps = append(steps, m[2])
+	}
+	return steps
 }
 
 // writeAt writes data to a device at a byte offset and syncs it.
