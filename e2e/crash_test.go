@@ -107,6 +107,7 @@ func storeFS(t testing.TB, fs string) string {
 // have been killed at every step its completing run announced, and at one
 // at least.
 func TestCrashPoints(t *testing.T) {
+	parallel(t)
 	if !InGuest(t, Config{Disks: []Disk{{Size: 32 << 20}, {Size: 128 << 20}}}) {
 		return
 	}
@@ -203,6 +204,7 @@ func TestCrashPoints(t *testing.T) {
 // middle of the merge, boots again, runs `snapctl activate --wait`: the
 // origin ends byte-identical to its prepare-time image.
 func TestRebootMidMerge(t *testing.T) {
+	parallel(t)
 	dirEnv := "SNAPCTL_E2E_DIR"
 	switch os.Getenv(envPhase) {
 	case "1":
@@ -284,6 +286,7 @@ func rebootPhase2(t *testing.T, dir string) {
 // and by `monitor` (autoextend), with the store on xfs; then a rollback
 // restores the prepare-time image exactly.
 func TestGrow(t *testing.T) {
+	parallel(t)
 	// xfs refuses filesystems under 300 MB.
 	if !InGuest(t, Config{Disks: []Disk{{Size: 64 << 20}, {Size: 512 << 20}}}) {
 		return
@@ -333,6 +336,7 @@ func TestGrow(t *testing.T) {
 // TestStoreF2FS: the store on f2fs (pinned, so f2fs's cleaner never moves
 // its blocks) in update mode, committed.
 func TestStoreF2FS(t *testing.T) {
+	parallel(t)
 	if !InGuest(t, Config{Disks: []Disk{{Size: 32 << 20}, {Size: 256 << 20}}}) {
 		return
 	}
@@ -369,6 +373,7 @@ func TestStoreF2FS(t *testing.T) {
 // binary, under each variable alone, must be killed in the same prepare (or
 // the test would prove nothing). Guest disks as for TestCrashPoints.
 func TestCrashHookRelease(t *testing.T) {
+	parallel(t)
 	if !guest() {
 		for _, b := range []struct {
 			bin  string

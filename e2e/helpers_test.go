@@ -12,6 +12,24 @@ import (
 	"testing"
 )
 
+// parallel lets a functional test run beside the others: every top-level
+// e2e test calls it first thing, except the benchmarks (a test whose
+// result is a time or a ratio of times), which must not share the CPU with
+// another guest. `make e2e` runs the functional tests two guests at a time
+// (-parallel 2) and then the benchmarks alone, one at a time: they are
+// listed in the Makefile's E2E_BENCH, and TestSchedule fails when a test
+// is in neither group or in both. Inside a guest a test runs alone and
+// parallel does nothing.
+//
+// A test that calls parallel must not use t.Setenv or os.Chdir on the
+// host, nor write to a fixed host path.
+func parallel(t *testing.T) {
+	t.Helper()
+	if !guest() {
+		t.Parallel()
+	}
+}
+
 // ubd is the guest path of the i-th disk of the machine.
 func ubd(i int) string { return "/dev/ubd" + string(rune('a'+i)) }
 

@@ -36,6 +36,7 @@ import (
 //	                  (two log blocks, WOB marks needed), copied to
 //	                  /dev/shm and put back before each k
 func TestReliabilityKillBow(t *testing.T) {
+	parallel(t)
 	if !relInGuest(t, Config{Disks: []Disk{{Size: 32 << 20}, {Size: 32 << 20}, {Size: 32 << 20}}}) {
 		return
 	}

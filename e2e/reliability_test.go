@@ -444,6 +444,7 @@ func relKillDisks() []Disk { return []Disk{{Size: 16 << 20}, {Size: 128 << 20}} 
 // TestReliabilityKillDrop: drop in both modes (commit in checkpoint mode,
 // rollback in update mode).
 func TestReliabilityKillDrop(t *testing.T) {
+	parallel(t)
 	if !relInGuest(t, Config{Disks: relKillDisks()}) {
 		return
 	}
@@ -458,6 +459,7 @@ func TestReliabilityKillDrop(t *testing.T) {
 // TestReliabilityKillGrow: grow in both modes; after the recovery the
 // store must take more writes and roll back exactly.
 func TestReliabilityKillGrow(t *testing.T) {
+	parallel(t)
 	if !relInGuest(t, Config{Disks: relKillDisks()}) {
 		return
 	}
@@ -475,6 +477,7 @@ func TestReliabilityKillGrow(t *testing.T) {
 // `merge` (after an uninterrupted --no-wait) killed at each step; both
 // modes (a merge is a rollback in checkpoint mode, a commit in update mode).
 func TestReliabilityKillMerge(t *testing.T) {
+	parallel(t)
 	if !relInGuest(t, Config{Disks: relKillDisks()}) {
 		return
 	}
@@ -495,6 +498,7 @@ func TestReliabilityKillMerge(t *testing.T) {
 // devices torn down as at shutdown, then the boot-time `snapctl activate`
 // killed at each step (it rebuilds the stack and runs the rollback).
 func TestReliabilityKillScheduledRollback(t *testing.T) {
+	parallel(t)
 	if !relInGuest(t, Config{Disks: relKillDisks()}) {
 		return
 	}
@@ -519,6 +523,7 @@ func TestReliabilityKillScheduledRollback(t *testing.T) {
 // killed there (a systemd timeout, the OOM killer), and runs
 // `snapctl activate --wait vol`: with a scheduled rollback and without.
 func TestReliabilityKillLeftoverStack(t *testing.T) {
+	parallel(t)
 	if !relInGuest(t, Config{Disks: relKillDisks()}) {
 		return
 	}
@@ -641,6 +646,7 @@ func relLeftover(t *testing.T, v *volume, mode string, originLoaded bool) {
 // (SIGKILL, and SIGTERM, which stops it with the progress recorded) while
 // it copies; recovered by rerunning the command or by activate --wait.
 func TestReliabilityKillOffline(t *testing.T) {
+	parallel(t)
 	if !relInGuest(t, Config{Disks: relKillDisks()}) {
 		return
 	}
@@ -855,6 +861,7 @@ var relCutOps = []relCutOp{
 // unit does), mounts the store's filesystem, runs `snapctl activate --wait
 // vol` (or reruns `snapctl bow restore`), and checks phase and data.
 func TestReliabilityPowerCut(t *testing.T) {
+	parallel(t)
 	for _, op := range relCutOps {
 		t.Run(op.name, func(t *testing.T) {
 			if guest() {
@@ -1249,6 +1256,7 @@ func relBowRecover(t *testing.T, tab *relTable, r relRound, cut string) {
 // nothing (no file, no device, the record unchanged, the device's bytes
 // unchanged).
 func TestReliabilitySecurity(t *testing.T) {
+	parallel(t)
 	if !relInGuest(t, Config{Disks: []Disk{{Size: 16 << 20}, {Size: 128 << 20}, {Size: 32 << 20}}}) {
 		return
 	}
