@@ -26,7 +26,8 @@ test: unit check-units fuzz e2e
 
 # The crash hook (internal/crashhook) exists only in builds with the tag
 # crashhook; the tests that kill a child process at its steps are in files
-# with that tag and run in a second, tagged pass.
+# with that tag, in HOOK_PKGS, named Test*Hook*, and run in a second,
+# tagged pass (the first pass runs the release build's side).
 HOOK_PKGS ?= ./internal/crashhook/ ./bow/
 
 unit:
