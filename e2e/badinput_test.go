@@ -278,6 +278,7 @@ func biDevice(t *testing.T, name string, tab dmtable.Table) {
 // TestBadInputPrepare: inputs to attach and prepare that must be refused
 // before anything changes.
 func TestBadInputPrepare(t *testing.T) {
+	parallel(t)
 	if !InGuest(t, Config{Disks: []Disk{{Size: 32 << 20}, {Size: 128 << 20}, {Size: 16 << 20}, {Size: 32 << 20}, {Size: 1 << 20}, {Size: 128 << 20}}}) {
 		return
 	}
@@ -558,6 +559,7 @@ func biRecordWithoutHistory(t testing.TB, b []byte) string {
 // busy volume, a rollback under a mounted filesystem, and an origin whose
 // path names another device than the one recorded.
 func TestBadInputState(t *testing.T) {
+	parallel(t)
 	if !InGuest(t, Config{Disks: []Disk{{Size: 32 << 20}, {Size: 128 << 20}}}) {
 		return
 	}

@@ -183,6 +183,7 @@ func (g *grp) groupRecord(name string) string {
 }
 
 func TestGroupCrash(t *testing.T) {
+	parallel(t)
 	if !guest() {
 		grpBoots(t, 3, []Disk{{Size: 192 << 20}, {Size: 256 << 20}}, 2)
 		return

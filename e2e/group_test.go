@@ -311,6 +311,7 @@ func grpPhase(t *testing.T) int {
 // filesystems check clean, no snapshot device is left, and the journal
 // lines and `status GROUP` say what happened.
 func TestGroupBootCounting(t *testing.T) {
+	parallel(t)
 	if !guest() {
 		grpBoots(t, 4, grpDisks(), 0)
 		return
@@ -417,6 +418,7 @@ func TestGroupBootCounting(t *testing.T) {
 // back before anything mounts them; then a third update in group ota3 is
 // marked bad with nothing mounted and rolled back at once.
 func TestGroupUpdate(t *testing.T) {
+	parallel(t)
 	if !guest() {
 		grpBoots(t, 3, grpDisks(), 0)
 		return

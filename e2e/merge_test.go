@@ -501,6 +501,7 @@ func mgChunkFlag(b int64) string { return fmt.Sprintf("%dK", b>>10) }
 // origins must equal the prepare-time image; the offline merge must leave
 // the store invalid, and a rerun must report it already done.
 func TestMergeKernelVsOffline(t *testing.T) {
+	parallel(t)
 	if !InGuest(t, Config{Disks: mgDisks(t, 256<<20, 160<<20), Timeout: 10 * time.Minute}) {
 		return
 	}
@@ -587,6 +588,7 @@ func TestMergeKernelVsOffline(t *testing.T) {
 // changes) is big enough that a run takes about a second and passes one
 // progress checkpoint (every 256 MiB), so some reruns resume.
 func TestMergeKill(t *testing.T) {
+	parallel(t)
 	spec := mgSpec{name: "kill-64K", chunk: 64 << 10, origin: 512 << 20, scattered: 4872, runs: 8, runLen: 16}
 	storeBytes := spec.storeBytes(t)
 	if !InGuest(t, Config{Disks: mgDisks(t, spec.origin, storeBytes, spec.origin, storeBytes), Timeout: 10 * time.Minute}) {
@@ -767,6 +769,7 @@ func mgRunKilled(t testing.TB, args []string, pf string, kill mgKill) (bool, str
 // the store are left byte for byte as they were and no progress record is
 // made. The undamaged store they are made from merges correctly.
 func TestMergeCorrupt(t *testing.T) {
+	parallel(t)
 	if !InGuest(t, Config{Disks: mgDisks(t, 1<<20)}) {
 		return
 	}
@@ -900,6 +903,7 @@ func TestMergeCorrupt(t *testing.T) {
 // change files, unmount, deactivate, `snapctl merge NAME --offline`,
 // activate: every file is back, e2fsck is clean, the store file goes away.
 func TestMergeCheckpointVolume(t *testing.T) {
+	parallel(t)
 	if !InGuest(t, Config{Disks: mgDisks(t, 256<<20)}) {
 		return
 	}

@@ -44,6 +44,7 @@ import (
 //	            4 KiB blocks (runs of 5) changed in 64 bytes each.
 //	bow:        /dev/ubda 256 MiB, blank (served as /dev/nbd0).
 func TestReadme(t *testing.T) {
+	parallel(t)
 	if guest() {
 		t.Fatal("TestReadme runs shell scripts, not a Go test body, in the guest")
 	}
@@ -396,6 +397,7 @@ func readmeNormProgress(l []string) []string {
 
 // TestReadmeParse checks the session format on the host (no guest).
 func TestReadmeParse(t *testing.T) {
+	parallel(t)
 	fence := "```"
 	tests := []struct {
 		name    string
@@ -445,6 +447,7 @@ func TestReadmeParse(t *testing.T) {
 
 // TestReadmeCompare checks the comparison and the rewritten block.
 func TestReadmeCompare(t *testing.T) {
+	parallel(t)
 	b := sessionBlock{steps: []sessionStep{
 		{lines: []string{"$ a  # note"}, cmd: "a", output: []string{"x", "merging v: 50% (1 of 2 MiB, 9.0 MB/s)", "merging v: 100% (400 of 400 KiB, 4.0 MB/s)", "done"}},
 		{lines: []string{"$ b"}, cmd: "b", output: []string{"old"}},

@@ -60,6 +60,7 @@ func (v *volume) safetyStatus() safetyStatus {
 // commit and merge must still refuse it (exit 4), naming the overflow and
 // the way out, with the origin byte-identical; rollback (drop) works.
 func TestSafetyOverflowRemembered(t *testing.T) {
+	parallel(t)
 	if !InGuest(t, Config{Disks: []Disk{{Size: 16 << 20}, {Size: 64 << 20}}}) {
 		return
 	}
@@ -117,6 +118,7 @@ func TestSafetyOverflowRemembered(t *testing.T) {
 // segments); commit must refuse too. The origin and the file of zeros
 // stay byte-identical, and no device is left behind.
 func TestSafetyStoreMoved(t *testing.T) {
+	parallel(t)
 	if !InGuest(t, Config{Disks: []Disk{{Size: 16 << 20}, {Size: 32 << 20}}}) {
 		return
 	}
