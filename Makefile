@@ -4,7 +4,7 @@ SHELL       := /bin/bash
 GO        ?= go
 BIN       ?= bin/snapctl
 FUZZTIME  ?= 3000x
-E2E_FLAGS ?= -count=1 -timeout 40m
+E2E_FLAGS ?= -count=1 -timeout 60m
 
 .PHONY: all build demo test lint unit check-units fuzz e2e bench man deps clean
 

@@ -260,7 +260,6 @@ func TestLifecycleCheckpoint(t *testing.T) {
 	}
 
 	// Commit keeps the changes, with the filesystem mounted.
-	before = tree(t, mnt)
 	v.must("prepare", "data", "--store", store, "--size", "64M")
 	change(t, mnt)
 	after := tree(t, mnt, ".snapctl-store")

@@ -8,7 +8,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"github.com/snapctl/snapctl/dmtable"
 	"io"
 	"math/rand"
 	"os"
@@ -20,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/snapctl/snapctl/dmtable"
 )
 
 // The reliability suite extends TestCrashPoints: snapctl is killed with

@@ -142,7 +142,7 @@ type Disk struct {
 type Config struct {
 	Disks   []Disk
 	MemMiB  int           // guest memory; default 512
-	Timeout time.Duration // per boot; default 5 minutes
+	Timeout time.Duration // per boot; default 10 minutes (two guests share the two cores)
 }
 
 // Machine is a set of disk images booted one or more times.
@@ -159,7 +159,7 @@ func NewMachine(t testing.TB, cfg Config) *Machine {
 		cfg.MemMiB = 512
 	}
 	if cfg.Timeout == 0 {
-		cfg.Timeout = 5 * time.Minute
+		cfg.Timeout = 10 * time.Minute
 	}
 	m := &Machine{cfg: cfg, dir: t.TempDir()}
 	for i, d := range cfg.Disks {
