@@ -747,6 +747,9 @@ func TestTypedErrorHints(t *testing.T) {
 		{err: &snapshot.RefusedError{Volume: "vol", Op: "prepare", Reason: "store exists", Hint: "choose a new --store path"}, code: exitRefused, hint: "--store"},
 		{err: &snapshot.OriginBusyError{Volume: "vol", Path: "/dev/sdb1", Err: unix.EBUSY}, code: exitRefused, hint: "snapctl attach vol --origin /dev/sdb1"},
 		{err: &snapshot.NotActiveError{Volume: "vol"}, code: exitRefused, hint: "snapctl activate vol"},
+		{err: &snapshot.WrongModeError{Volume: "vol", Op: "write", Mode: snapshot.Checkpoint, Want: snapshot.Update}, code: exitRefused, hint: "--mode update"},
+		{err: &snapshot.ImageTooLargeError{Volume: "vol", Image: "v2.img", ImageBytes: 2 << 20, VolumeBytes: 1 << 20}, code: exitRefused, hint: "right image"},
+		{err: &snapshot.VerifyError{Volume: "vol", Image: "v2.img", Offset: 4096}, code: exitFailure, hint: "snapctl write vol v2.img"},
 		// fiemap
 		{err: fiemap.UnsupportedFSError{Path: "/mnt/s", Type: "btrfs", Reason: "logical addresses"}, code: exitUnsupported, hint: "--backend loop"},
 		{err: fiemap.DirectMountError{Path: "/mnt/s", Dev: "8:1"}, code: exitRefused, hint: "--backend loop"},
