@@ -74,12 +74,17 @@ func (m *Manager) activateOpts(v *volume, o ActivateOptions) error {
 	case PhaseGrowing:
 		return v.finishGrow()
 	case PhasePrepared:
+		gate, err := v.groupBeforeBuild()
+		if err != nil {
+			return err
+		}
 		// After a reboot nothing exists: build the stack first, then run a
-		// rollback scheduled with --at-next-activate on top of it.
+		// rollback scheduled with --at-next-activate (or decided by the
+		// volume's update group) on top of it.
 		if err := v.buildPrepared(PhasePrepared); err != nil {
 			return err
 		}
-		if v.rec.Scheduled == "rollback" {
+		if v.rec.Scheduled == "rollback" || gate != nil && gate.Decision == GroupRollback {
 			return v.rollback(o.Wait)
 		}
 		return nil

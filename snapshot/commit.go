@@ -33,6 +33,9 @@ func (m *Manager) Rollback(name string, o RollbackOptions) error {
 		if v.rec.Phase != PhasePrepared {
 			return &WrongPhaseError{Volume: name, Op: "rollback", Phase: v.rec.Phase, Mode: v.rec.Mode}
 		}
+		if err := v.groupAllows("rollback --at-next-activate", "rollback"); err != nil {
+			return err
+		}
 		v.rec.Scheduled = "rollback"
 		v.rec.event("rollback scheduled", "for the next activate")
 		return v.save()

@@ -36,6 +36,9 @@ func (v *volume) drop(op string) error {
 		return err
 	}
 	if v.rec.Phase == PhasePrepared {
+		if err := v.groupAllows(op, "drop"); err != nil {
+			return err
+		}
 		if v.rec.Mode == Update {
 			// The content of NAME jumps back to the origin.
 			if n, err := v.openCount(); err != nil {

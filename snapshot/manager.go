@@ -178,6 +178,9 @@ func (m *Manager) Attach(name, origin string) error {
 	var unknown *UnknownVolumeError
 	switch {
 	case errors.As(err, &unknown):
+		if err := m.checkNotGroup(name); err != nil {
+			return err
+		}
 		d, err := m.fs.devOf(origin)
 		if err != nil {
 			return fmt.Errorf("attach %q: %w", name, err)

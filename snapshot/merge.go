@@ -60,6 +60,9 @@ func (v *volume) merge(op string, wait bool) error {
 		if err := v.buildPrepared(PhasePrepared); err != nil {
 			return fmt.Errorf("%s %q: activate the stack: %w", op, v.name(), err)
 		}
+		if err := v.groupAllows(op, "merge"); err != nil {
+			return err
+		}
 		if err := v.checkMergeable(op); err != nil {
 			return err
 		}

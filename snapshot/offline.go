@@ -39,6 +39,9 @@ func (m *Manager) MergeOffline(ctx context.Context, name string, opts merge.Offl
 	defer v.close()
 	switch {
 	case v.rec.Phase == PhasePrepared:
+		if err := v.groupAllows("merge --offline", "merge"); err != nil {
+			return nil, err
+		}
 	case v.rec.Phase == PhaseMerging && strings.HasPrefix(v.rec.Step, "merge:offline"):
 	case v.rec.Phase == PhaseAttached:
 		return nil, &WrongPhaseError{Volume: name, Op: "merge --offline", Phase: v.rec.Phase}

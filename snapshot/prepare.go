@@ -28,6 +28,9 @@ type PrepareOptions struct {
 	// mounted directly on a partition).
 	Backend string
 	DryRun  bool
+	// Group is the update group the volume joins (package group records the
+	// membership on its side first).
+	Group string
 }
 
 // Plan is what Prepare does (or, with DryRun, would do).
@@ -291,7 +294,7 @@ func (v *volume) devOf(name string) (string, error) {
 }
 
 func (v *volume) prepare(o PrepareOptions, p *Plan) error {
-	v.rec.Mode = o.Mode
+	v.rec.Mode, v.rec.Group = o.Mode, o.Group
 	fsDev, _, _, err := v.m.fs.fsOf(o.StorePath)
 	if err != nil {
 		return err

@@ -112,11 +112,14 @@ type Record struct {
 	// on a volume that was never attached): undoing prepare removes it.
 	Created bool `json:"created,omitempty"`
 	// Scheduled is an operation to run at the next activate ("rollback").
-	Scheduled string  `json:"scheduled,omitempty"`
-	Origin    Device  `json:"origin"`
-	Store     *Store  `json:"store,omitempty"`
-	Cleanup   []Store `json:"cleanup,omitempty"` // store files to delete once reachable
-	History   []Event `json:"history,omitempty"`
+	Scheduled string `json:"scheduled,omitempty"`
+	// Group is the update group the volume was prepared into: the group's
+	// record decides its outcome (see GroupGate).
+	Group   string  `json:"group,omitempty"`
+	Origin  Device  `json:"origin"`
+	Store   *Store  `json:"store,omitempty"`
+	Cleanup []Store `json:"cleanup,omitempty"` // store files to delete once reachable
+	History []Event `json:"history,omitempty"`
 }
 
 func (r *Record) event(name, detail string) {
@@ -213,6 +216,11 @@ func (r *Record) check(name string) error {
 	case PhaseAttached, PhasePreparing, PhasePrepared, PhaseGrowing, PhaseMerging, PhaseDropping:
 	default:
 		return fmt.Errorf("unknown phase %q", r.Phase)
+	}
+	if r.Group != "" {
+		if err := CheckName(r.Group); err != nil {
+			return fmt.Errorf("group: %w", err)
+		}
 	}
 	if r.Origin.Path == "" || r.Origin.Dev == "" || r.Origin.Sectors == 0 {
 		return errors.New("origin device is missing")

@@ -39,6 +39,7 @@ type VolumeStatus struct {
 	Step          string         `json:"step,omitempty"`
 	Command       string         `json:"command,omitempty"`
 	Scheduled     string         `json:"scheduled,omitempty"`
+	Group         string         `json:"group,omitempty"`
 	Origin        Device         `json:"origin"`
 	Store         *Store         `json:"store,omitempty"`
 	Extents       int            `json:"extents"`
@@ -61,7 +62,7 @@ func (m *Manager) Status(name string) (*VolumeStatus, error) {
 		return nil, err
 	}
 	s := &VolumeStatus{SchemaVersion: 1, Name: name, Mode: rec.Mode, Phase: rec.Phase, Step: rec.Step, Command: rec.Command,
-		Scheduled: rec.Scheduled, Origin: rec.Origin, Store: rec.Store, History: rec.History}
+		Scheduled: rec.Scheduled, Group: rec.Group, Origin: rec.Origin, Store: rec.Store, History: rec.History}
 	s.Devices = []DeviceStatus{}
 	if rec.Store != nil {
 		s.Extents = len(rec.Store.Segments)

@@ -25,6 +25,7 @@ import (
 	"github.com/snapctl/snapctl/cowsize"
 	"github.com/snapctl/snapctl/dmtable"
 	"github.com/snapctl/snapctl/fiemap"
+	"github.com/snapctl/snapctl/group"
 	"github.com/snapctl/snapctl/merge"
 	"github.com/snapctl/snapctl/snapshot"
 )
@@ -419,6 +420,11 @@ func headingIs(l, section string) bool {
 		return false
 	}
 	rest, spaced := strings.CutPrefix(rest, " ")
+	if spaced && (rest == "GROUP" || strings.HasPrefix(rest, "GROUP ")) {
+		// The form of the command for an update group has its own
+		// section ("status GROUP").
+		return false
+	}
 	return rest == "" || spaced && (!strings.HasPrefix(rest, "--") || strings.HasPrefix(rest, "--json"))
 }
 
@@ -750,6 +756,12 @@ func TestTypedErrorHints(t *testing.T) {
 		{err: &snapshot.WrongModeError{Volume: "vol", Op: "write", Mode: snapshot.Checkpoint, Want: snapshot.Update}, code: exitRefused, hint: "--mode update"},
 		{err: &snapshot.ImageTooLargeError{Volume: "vol", Image: "v2.img", ImageBytes: 2 << 20, VolumeBytes: 1 << 20}, code: exitRefused, hint: "right image"},
 		{err: &snapshot.VerifyError{Volume: "vol", Image: "v2.img", Offset: 4096}, code: exitFailure, hint: "snapctl write vol v2.img"},
+		{err: &snapshot.GroupMemberError{Volume: "vol", Group: "ota", Op: "commit", Reason: "not sealed"}, code: exitRefused, hint: "snapctl mark-good ota"},
+		// group
+		{err: &group.BusyError{Group: "ota", Holder: "pid 7: snapctl mark-good ota"}, code: exitRefused, hint: "snapctl status ota"},
+		{err: &group.CorruptRecordError{Path: "/var/lib/snapctl/groups/ota.json", Err: errors.New("unexpected EOF")}, code: exitInvalidData, hint: "group record"},
+		{err: &group.UnknownGroupError{Name: "ota", Dir: "/var/lib/snapctl/groups"}, code: exitRefused, hint: "--group ota"},
+		{err: &group.RefusedError{Group: "ota", Op: "mark-good", Kind: group.RefusedUnsealed, Reason: "not sealed"}, code: exitRefused, hint: "snapctl seal ota"},
 		// fiemap
 		{err: fiemap.UnsupportedFSError{Path: "/mnt/s", Type: "btrfs", Reason: "logical addresses"}, code: exitUnsupported, hint: "--backend loop"},
 		{err: fiemap.DirectMountError{Path: "/mnt/s", Dev: "8:1"}, code: exitRefused, hint: "--backend loop"},
@@ -799,6 +811,9 @@ func TestTypedErrorHints(t *testing.T) {
 		if e, ok := c.err.(*snapshot.WrongPhaseError); ok {
 			name += "/" + string(e.Phase)
 		}
+		if e, ok := c.err.(*group.RefusedError); ok {
+			name += fmt.Sprintf("/%d", e.Kind)
+		}
 		if e, ok := c.err.(*snapshot.StoreUnusableError); ok {
 			name += "/" + e.State
 		}
@@ -828,7 +843,7 @@ func TestTypedErrorHints(t *testing.T) {
 		have[strings.TrimPrefix(fmt.Sprintf("%T", c.err), "*")] = true
 	}
 	var missing []string
-	for _, pkg := range []string{"snapshot", "fiemap", "dmtable", "cowsize", "merge", "bow"} {
+	for _, pkg := range []string{"snapshot", "group", "fiemap", "dmtable", "cowsize", "merge", "bow"} {
 		for _, n := range typedErrors(t, filepath.Join("..", "..", pkg)) {
 			if !have[pkg+"."+n] {
 				missing = append(missing, pkg+"."+n)

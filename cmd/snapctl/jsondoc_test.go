@@ -18,6 +18,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/snapctl/snapctl/group"
 	"github.com/snapctl/snapctl/snapshot"
 )
 
@@ -34,6 +35,7 @@ func jsonDocuments() []struct {
 	}{
 		{"status", statusDoc{&snapshot.VolumeStatus{}}},
 		{"status", statusListDoc{&snapshot.VolumeStatus{}}},
+		{"status GROUP", groupDoc{&group.Status{}}},
 		{"detach", &detachedDoc{}},
 		{"prepare", &prepareDoc{Plan: &snapshot.Plan{}}},
 		{"write", &writeDoc{WriteResult: &snapshot.WriteResult{}}},
@@ -54,7 +56,10 @@ func jsonDocuments() []struct {
 // docs/json.md that describe what it prints. Commands that print none are
 // listed in docs/json.md itself, under "Commands without JSON output".
 var jsonCommands = map[string][]string{
-	"status":         {"status"},
+	"status":         {"status", "status GROUP"},
+	"seal":           {"status GROUP"},
+	"mark-good":      {"status GROUP"},
+	"mark-bad":       {"status GROUP"},
 	"attach":         {"status"},
 	"commit":         {"status"},
 	"rollback":       {"status"},

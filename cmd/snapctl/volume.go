@@ -89,6 +89,7 @@ func newPrepareCmd(a *app) *cobra.Command {
 		o                          snapshot.PrepareOptions
 		mode, size, chunk, maxSize string
 		changes, newImage          string
+		groupName                  string
 	)
 	c := &cobra.Command{
 		Use:   "prepare NAME --origin DEV --store PATH",
@@ -101,6 +102,10 @@ builds the snapshot over the volume, live.
   update mode: the updater writes the new version into /dev/mapper/NAME, which
     is the snapshot; the origin is untouched until the merge.
     commit = merge, rollback = drop.
+
+--group GROUP makes the volume a member of an update group: the group, not
+the volume, is then committed or rolled back ('snapctl seal', 'mark-good',
+'mark-bad').
 
 --size auto sizes the store exactly (dm-snapshot's exception-store formula) for
 the change set given by --changes or --new-image; in checkpoint mode without a
@@ -150,7 +155,12 @@ Examples:
 			if err != nil {
 				return err
 			}
-			plan, err := m.Prepare(o)
+			var plan *snapshot.Plan
+			if groupName != "" {
+				plan, err = a.groups(m).Join(groupName, o)
+			} else {
+				plan, err = m.Prepare(o)
+			}
 			if err != nil {
 				return err
 			}
@@ -190,6 +200,7 @@ Examples:
 	f.StringVar(&o.Overflow, "overflow", "invalidate", "a full store: invalidate the snapshot, or fail writes to it (PO, update mode)")
 	f.StringVar(&o.Backend, "backend", "fiemap", "fiemap (map the file's blocks on the raw device) or loop (a loop device over the file, for a filesystem mounted directly on a partition)")
 	f.BoolVar(&a.dryRun, "dry-run", false, "print what would be done; change nothing")
+	f.StringVar(&groupName, "group", "", "join (or start) this update group: one commit-or-rollback decision for all its volumes (see 'snapctl seal --help')")
 	return c
 }
 
@@ -230,14 +241,20 @@ contrib/systemd/snapctl-activate.service). For each volume (all without NAME)
 it rebuilds the device stack from the state record, resumes a merge the kernel
 was doing, runs a rollback scheduled with --at-next-activate, undoes a prepare
 that was cut short and finishes a commit, rollback, drop or grow that was cut
-short. It is also the recovery command after a crash or a killed snapctl.`,
+short. It is also the recovery command after a crash or a killed snapctl.
+
+Update groups come first, before any volume is assembled: a decision recorded
+by mark-good or mark-bad and not yet carried out is carried out on every
+member; a sealed group whose decision is open takes one boot try (once per
+boot); a group with no tries left is rolled back, every member, before
+anything can mount it. What it did goes to stderr (the journal).`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			m, err := a.manager(cmd)
 			if err != nil {
 				return err
 			}
 			m.Progress = a.mergeProgress()
-			if err := m.Activate(o, args...); err != nil {
+			if err := a.groups(m).Activate(o, args...); err != nil {
 				return err
 			}
 			if len(args) == 0 {
@@ -264,17 +281,31 @@ func modeSuffix(s *snapshot.VolumeStatus) string {
 
 func newStatusCmd(a *app) *cobra.Command {
 	return &cobra.Command{
-		Use:   "status [NAME]",
-		Short: "Show volumes: mode, phase, devices and tables, store usage, merge progress",
+		Use:   "status [NAME|GROUP]",
+		Short: "Show volumes (mode, phase, devices, store usage, merge progress) or an update group",
 		Long: `Status shows, per volume: mode, phase, the devices of its stack and their
 tables, the store (path, size, extent count), its usage from the kernel (data
 chunks used, percent full, chunks left, Invalid/Overflow) and merge progress.
---json prints a stable object per volume (schema_version 1, see docs/json.md).`,
+--json prints a stable object per volume (schema_version 1, see docs/json.md).
+
+With the name of an update group it shows the group: its state, tries left,
+the decision and who took it, and each member's mode and phase.`,
 		Args: maxArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			m, err := a.manager(cmd)
 			if err != nil {
 				return err
+			}
+			if g := a.groups(m); len(args) == 1 && g.IsGroup(args[0]) {
+				s, err := g.Status(args[0])
+				if err != nil {
+					return err
+				}
+				if a.json {
+					return a.printDoc(groupDoc{s})
+				}
+				a.printGroupStatus(s)
+				return nil
 			}
 			names := args
 			if len(names) == 0 {
@@ -309,6 +340,9 @@ chunks used, percent full, chunks left, Invalid/Overflow) and merge progress.
 
 func (a *app) printStatus(s *snapshot.VolumeStatus) {
 	a.printf("%s: %s%s\n", s.Name, s.Phase, modeSuffix(s))
+	if s.Group != "" {
+		a.printf("  group: %s (`snapctl status %s`)\n", s.Group, s.Group)
+	}
 	if s.Step != "" {
 		a.printf("  operation: %s, at step %s, started by %q; if no snapctl is running it, `snapctl activate %s` finishes it\n", s.Phase, s.Step, s.Command, s.Name)
 	}
