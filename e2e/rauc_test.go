@@ -216,8 +216,12 @@ func (r *raucGuest) run() {
 	run(t, "mount", "/dev/mapper/userdata", raucData)
 	sameTree(t, r.userdata(), r.sums("post"))
 	// The new version goes on changing userdata; a rollback undoes this too.
-	must(t, os.WriteFile(filepath.Join(raucData, fmt.Sprintf("boot%d", r.boot)), pattern(20+r.boot, 1<<20), 0o644))
+	name := fmt.Sprintf("boot%d", r.boot)
+	must(t, os.WriteFile(filepath.Join(raucData, name), pattern(20+r.boot, 1<<20), 0o644))
 	run(t, "sync")
+	post := r.sums("post")
+	post[name] = fileSum(t, filepath.Join(raucData, name))
+	r.saveSums("post", post)
 	r.startRAUC()
 	if st := r.rauc("status"); !strings.Contains(st, "Booted from: system.1 (B)") || !strings.Contains(st, "Activated: system.1 (B)") {
 		t.Fatalf("boot %d: rauc status does not show booted and activated B:\n%s", r.boot, st)
@@ -236,9 +240,7 @@ func (r *raucGuest) run() {
 				t.Fatalf("after mark-good: devices %v, want only %s", d, v)
 			}
 		}
-		post := r.sums("post")
-		post["boot1"] = fileSum(t, filepath.Join(raucData, "boot1"))
-		sameTree(t, r.userdata(), post)
+		sameTree(t, r.userdata(), r.sums("post"))
 		if st := r.rauc("status"); !strings.Contains(st, "Activated: system.0 (A)") {
 			t.Errorf("after mark-good rauc status does not show A activated (the origin holds the new version):\n%s", st)
 		}
