@@ -282,6 +282,10 @@ func (r *raucGuest) install() {
 	if g.State != "sealed" || len(g.Members) != 2 {
 		t.Fatalf("after rauc install: group %+v, want sealed with system and userdata", g)
 	}
+	// The sealed update is what boots: no more writes into it.
+	if _, errOut, code := snapctl(t, "write", "system", filepath.Join(r.dir, "v2.img"), "--state-dir", r.state); code != 4 || !strings.Contains(errOut, "sealed") {
+		t.Errorf("write into a member of a sealed group: exit %d, want 4 (sealed)\n%s", code, errOut)
+	}
 	if st := r.rauc("status"); !strings.Contains(st, "Activated: system.1 (B)") {
 		t.Fatalf("rauc status after the install does not show B activated:\n%s", st)
 	}

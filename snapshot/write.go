@@ -93,6 +93,9 @@ const writeBlock = 1 << 20
 // exception for every chunk written, changed or not). Then it reads the
 // volume back and checks that it equals the image.
 //
+// A member of a sealed update group is refused: the group's update is
+// complete.
+//
 // Write records no phase: it only ever writes image bytes into the
 // snapshot, so after a kill at any point running it again compares again,
 // writes what still differs, and finishes.
@@ -111,6 +114,18 @@ func (m *Manager) Write(ctx context.Context, name, image string, o WriteOptions)
 		return nil, &WrongPhaseError{Volume: name, Op: "write", Phase: rec.Phase, Mode: rec.Mode}
 	case rec.Mode != Update:
 		return nil, &WrongModeError{Volume: name, Op: "write", Mode: rec.Mode, Want: Update}
+	}
+	if rec.Group != "" {
+		// A sealed group's update is complete and its boots are counted:
+		// what was sealed must stay what boots.
+		g, err := ReadGroupGate(m.Dir, rec.Group)
+		if err != nil {
+			return nil, err
+		}
+		if g.Sealed || g.Decision != "" {
+			return nil, &GroupMemberError{Volume: name, Group: rec.Group, Op: "write",
+				Reason: "the group is sealed: the update it holds is complete and its boots are counted; a new image needs a new update"}
+		}
 	}
 	if err := v.checkOrigin(); err != nil {
 		return nil, err
