@@ -271,6 +271,7 @@ func readFull(r io.ReaderAt, p []byte, off int64) (int, error) {
 // hook's step boundary).
 func (w *imageWriter) write(ctx context.Context, progress func(int64), wrote func()) (chunks, changed uint64, written int64, err error) {
 	c := w.chunk
+	progress(0)
 	for off := int64(0); off < w.imgBytes; off += int64(len(w.devBuf)) {
 		if err := ctx.Err(); err != nil {
 			return 0, 0, 0, err
@@ -319,6 +320,7 @@ func (w *imageWriter) write(ctx context.Context, progress func(int64), wrote fun
 // verify reads the device back and compares it with the image; it returns
 // the first offset where they differ.
 func (w *imageWriter) verify(ctx context.Context, progress func(int64)) (int64, bool, error) {
+	progress(0)
 	for off := int64(0); off < w.imgBytes; off += int64(len(w.devBuf)) {
 		if err := ctx.Err(); err != nil {
 			return 0, false, err
