@@ -79,6 +79,14 @@ func (f *fakeVols) Rollback(name string, o snapshot.RollbackOptions) error {
 	return f.act("rollback", name)
 }
 
+func (f *fakeVols) Names() ([]string, error) {
+	var n []string
+	for k := range f.vols {
+		n = append(n, k)
+	}
+	return n, nil
+}
+
 func (f *fakeVols) Activate(o snapshot.ActivateOptions, names ...string) error {
 	f.ops = append(f.ops, "activate "+strings.Join(names, " "))
 	return nil

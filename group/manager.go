@@ -16,6 +16,8 @@ type Volumes interface {
 	Commit(name string) error
 	Rollback(name string, o snapshot.RollbackOptions) error
 	Activate(o snapshot.ActivateOptions, names ...string) error
+	// Names lists the volumes with a record (no kernel needed).
+	Names() ([]string, error)
 }
 
 // Manager runs group operations against one state directory.

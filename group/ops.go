@@ -22,7 +22,11 @@ func (g *Manager) Join(name string, o snapshot.PrepareOptions) (*snapshot.Plan, 
 	if name == o.Name {
 		return nil, &RefusedError{Group: name, Op: op, Kind: RefusedNameTaken, Reason: "a volume cannot be its own group; a name is either a volume or a group"}
 	}
-	if _, err := g.Vols.Status(name); err == nil {
+	vols, err := g.Vols.Names()
+	if err != nil {
+		return nil, err
+	}
+	if slices.Contains(vols, name) {
 		return nil, &RefusedError{Group: name, Op: op, Kind: RefusedNameTaken, Reason: "a volume has that name; a name is either a volume or a group"}
 	}
 	if o.DryRun {

@@ -55,13 +55,13 @@ func (v *volume) merge(op string, wait bool) error {
 		return err
 	}
 	if v.rec.Phase == PhasePrepared {
+		if err := v.groupAllows(op, "merge"); err != nil {
+			return err
+		}
 		// A deactivated volume (or one not activated since boot) gets its
 		// stack back first: the kernel's view of the store decides below.
 		if err := v.buildPrepared(PhasePrepared); err != nil {
 			return fmt.Errorf("%s %q: activate the stack: %w", op, v.name(), err)
-		}
-		if err := v.groupAllows(op, "merge"); err != nil {
-			return err
 		}
 		if err := v.checkMergeable(op); err != nil {
 			return err

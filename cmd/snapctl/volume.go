@@ -157,6 +157,9 @@ Examples:
 			}
 			var plan *snapshot.Plan
 			if groupName != "" {
+				if err := snapshot.CheckName(groupName); err != nil {
+					return newUsageError(cmd.CommandPath(), fmt.Errorf("--group: %w", err))
+				}
 				plan, err = a.groups(m).Join(groupName, o)
 			} else {
 				plan, err = m.Prepare(o)
