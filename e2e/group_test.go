@@ -190,7 +190,7 @@ func (g *grp) update(name, old, new string, seed int64) map[string]string {
 		r.Read(b)
 		must(t, os.WriteFile(filepath.Join(m, fmt.Sprintf("new-%d-%d", seed, i)), b, 0o644))
 	}
-	must(t, os.Remove(filepath.Join(m, "f01")))
+	must(t, os.Remove(filepath.Join(m, fmt.Sprintf("f%02d", seed))))
 	run(t, "sync")
 	return tree(t, m, ".snapctl-store")
 }

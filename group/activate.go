@@ -79,6 +79,18 @@ func (g *Manager) activateGroup(name string, vols []string) error {
 }
 
 func (g *Manager) carryOutReported(gr *open) error {
+	if gr.rec.Decision == snapshot.GroupRollback {
+		// At boot nothing is open. Later in a boot (activate run again),
+		// a rollback waits until it can be done on every member at once.
+		busy, err := gr.openMembers()
+		if err != nil {
+			return err
+		}
+		if len(busy) > 0 {
+			g.report(gr.rec.Name, "rollback pending: %s in use; it is carried out on every member at the next activate before anything mounts them", strings.Join(busy, ", "))
+			return gr.settle("", "")
+		}
+	}
 	if err := gr.carryOut(false); err != nil {
 		return err
 	}

@@ -164,9 +164,10 @@ func TestBootCounting(t *testing.T) {
 	if err := tg.Activate(snapshot.ActivateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"rollback system", "rollback userdata", "activate "}
+	// The merge (userdata's rollback) first: it is the step that can fail.
+	want := []string{"rollback userdata", "rollback system", "activate "}
 	if !slices.Equal(tg.f.ops, want) {
-		t.Fatalf("boot 3 did %q, want %q (every member rolled back before the volumes are activated)", tg.f.ops, want)
+		t.Fatalf("boot 3 did %q, want %q (every member rolled back, the merge first, before the volumes are activated)", tg.f.ops, want)
 	}
 	s := tg.status(t, "ota")
 	if s.State != StateRolledBack || s.DecidedBy != "boot: no tries left" {
@@ -196,8 +197,12 @@ func TestMarkGood(t *testing.T) {
 	if err := tg.Activate(snapshot.ActivateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	tg.f.ops = nil
 	if err := tg.MarkGood("ota"); err != nil {
 		t.Fatal(err)
+	}
+	if want := []string{"commit system", "commit userdata"}; !slices.Equal(tg.f.ops, want) {
+		t.Fatalf("mark-good did %q, want %q (the merge first)", tg.f.ops, want)
 	}
 	if s := tg.status(t, "ota"); s.State != StateCommitted || s.Members[0].Phase != "attached" || s.Members[1].Phase != "attached" {
 		t.Fatalf("after mark-good: %+v", s)
@@ -265,6 +270,13 @@ func TestMarkBadDeferred(t *testing.T) {
 		t.Fatalf("mark-bad with a member open acted on members: %q", tg.f.ops)
 	}
 	refusal(t, tg.MarkGood("ota"), RefusedDecided)
+	// An activate later in the same boot does not roll back part of it.
+	if err := tg.Activate(snapshot.ActivateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if slices.ContainsFunc(tg.f.ops, func(o string) bool { return strings.HasPrefix(o, "rollback") }) {
+		t.Fatalf("activate with a member open rolled back members: %q", tg.f.ops)
+	}
 	tg.f.vols["userdata"].open = 0 // rebooted
 	tg.boot = "boot-1"
 	if err := tg.Activate(snapshot.ActivateOptions{}); err != nil {

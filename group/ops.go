@@ -243,15 +243,30 @@ func (o *open) openMembers() ([]string, error) {
 }
 
 // carryOut carries the recorded decision out on every member still in the
-// group, in the order of the record, then records the group done. Each
-// member's step is an ordinary commit or rollback (idempotent, finished
-// after a kill), preceded by a record of which member is next.
+// group, then records the group done. Each member's step is an ordinary
+// commit or rollback (idempotent, finished after a kill), preceded by a
+// record of which member is next. The members whose step is a merge (it
+// can fail: an I/O error, a store the kernel invalidated) go first, the
+// drops (which cannot) last, so that a member that cannot follow the
+// decision stops it before any member took an irreversible step.
 func (o *open) carryOut(stopOnInUse bool) error {
 	dec := o.rec.Decision
 	ms, err := o.members()
 	if err != nil {
 		return err
 	}
+	merges := func(m member) bool {
+		return m.st != nil && (m.st.Mode == snapshot.Update) == (dec == snapshot.GroupCommit)
+	}
+	slices.SortStableFunc(ms, func(a, b member) int {
+		switch {
+		case merges(a) && !merges(b):
+			return -1
+		case merges(b) && !merges(a):
+			return 1
+		}
+		return 0
+	})
 	for _, m := range ms {
 		if !m.in(o.rec.Name) {
 			continue
