@@ -768,6 +768,9 @@ func TestTypedErrorHints(t *testing.T) {
 		{err: snapshot.ErrLoopFixedSize, code: exitFailure, hint: "larger --size"},
 		{err: &snapshot.OriginBusyError{Volume: "vol", Path: "/dev/sdb1", Err: unix.EBUSY}, code: exitRefused, hint: "snapctl attach vol --origin /dev/sdb1"},
 		{err: &snapshot.NotActiveError{Volume: "vol"}, code: exitRefused, hint: "snapctl activate vol"},
+		{err: &snapshot.WrongModeError{Volume: "vol", Op: "write", Mode: snapshot.Checkpoint, Want: snapshot.Update}, code: exitRefused, hint: "--mode update"},
+		{err: &snapshot.ImageTooLargeError{Volume: "vol", Image: "v2.img", ImageBytes: 2 << 20, VolumeBytes: 1 << 20}, code: exitRefused, hint: "right image"},
+		{err: &snapshot.VerifyError{Volume: "vol", Image: "v2.img", Offset: 4096}, code: exitFailure, hint: "snapctl write vol v2.img"},
 		{err: &snapshot.GroupMemberError{Volume: "vol", Group: "ota", Op: "commit", Reason: "not sealed"}, code: exitRefused, hint: "snapctl mark-good ota"},
 		// group
 		{err: &group.BusyError{Group: "ota", Holder: "pid 7: snapctl mark-good ota"}, code: exitRefused, hint: "snapctl status ota"},
