@@ -46,17 +46,26 @@ const raucTries = 2 // seal --tries in the boot-count scenario
 // TestRAUCMarkGood: install, reboot, `rauc status mark-good`: the system
 // origin is byte-identical to the bundle's image, userdata keeps the new
 // version's files, no snapshot device remains.
-func TestRAUCMarkGood(t *testing.T) { raucScenario(t, "mark-good", 2) }
+func TestRAUCMarkGood(t *testing.T) {
+	parallel(t)
+	raucScenario(t, "mark-good", 2)
+}
 
 // TestRAUCBootCount: install with --tries 2, no mark-good: boots 1 and 2 run
 // the new version; the activate of boot 3 rolls everything back before
 // anything mounts: the system origin is byte-identical to v1 and userdata's
 // files are back to their pre-update checksums, e2fsck -fn clean on both.
-func TestRAUCBootCount(t *testing.T) { raucScenario(t, "boot-count", raucTries+2) }
+func TestRAUCBootCount(t *testing.T) {
+	parallel(t)
+	raucScenario(t, "boot-count", raucTries+2)
+}
 
 // TestRAUCMarkBad: install, reboot, `rauc status mark-bad` with userdata
 // mounted (the rollback waits for the next boot), reboot: the same rollback.
-func TestRAUCMarkBad(t *testing.T) { raucScenario(t, "mark-bad", 3) }
+func TestRAUCMarkBad(t *testing.T) {
+	parallel(t)
+	raucScenario(t, "mark-bad", 3)
+}
 
 func raucScenario(t *testing.T, scenario string, boots int) {
 	if p := os.Getenv(envPhase); p != "" {

@@ -35,6 +35,7 @@ type writeResult struct {
 // larger than the volume (nothing written), a checkpoint-mode volume and a
 // volume without a snapshot.
 func TestWrite(t *testing.T) {
+	parallel(t)
 	if !InGuest(t, Config{Disks: []Disk{{Size: 64 << 20}, {Size: 256 << 20}}}) {
 		return
 	}

@@ -7,9 +7,9 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"syscall"
 	"time"
 
+	"github.com/snapctl/snapctl/dmtable"
 	"github.com/snapctl/snapctl/internal/crashhook"
 	"github.com/snapctl/snapctl/merge"
 )
@@ -101,7 +101,7 @@ const writeBlock = 1 << 20
 // writes what still differs, and finishes.
 func (m *Manager) Write(ctx context.Context, name, image string, o WriteOptions) (*WriteResult, error) {
 	start := time.Now()
-	v, err := m.open(name)
+	v, err := m.open(ctx, name)
 	if err != nil {
 		return nil, err
 	}
@@ -137,7 +137,10 @@ func (m *Manager) Write(ctx context.Context, name, image string, o WriteOptions)
 	if !inf.Exists || !inf.Live {
 		return nil, &NotActiveError{Volume: name}
 	}
-	if err := v.checkStore(); err != nil {
+	if err := v.checkUsable("write"); err != nil {
+		return nil, err
+	}
+	if err := v.checkLive(); err != nil {
 		return nil, err
 	}
 
@@ -161,11 +164,7 @@ func (m *Manager) Write(ctx context.Context, name, image string, o WriteOptions)
 		return nil, &ImageTooLargeError{Volume: name, Image: image, ImageBytes: imgBytes, VolumeBytes: dev.Size()}
 	}
 
-	buf, err := directBuffer(2 * writeBlock)
-	if err != nil {
-		return nil, fmt.Errorf("write %q: allocate buffers: %w", name, err)
-	}
-	defer syscall.Munmap(buf)
+	buf := merge.DirectBuffer(2 * writeBlock)
 	w := imageWriter{dev: dev, img: img, imgBytes: imgBytes, devBytes: dev.Size(), chunk: res.ChunkBytes,
 		devBuf: buf[:writeBlock], imgBuf: buf[writeBlock:]}
 	progress := func(stage string) func(done int64) {
@@ -182,12 +181,12 @@ func (m *Manager) Write(ctx context.Context, name, image string, o WriteOptions)
 	}
 	if err != nil {
 		// A full or invalidated store fails the writes with EIO: say that.
-		if serr := v.checkStore(); serr != nil {
+		if serr := v.checkLive(); serr != nil {
 			err = errors.Join(serr, err)
 		}
 		return nil, fmt.Errorf("write %q: %w", name, err)
 	}
-	if err := v.checkStore(); err != nil {
+	if err := v.checkLive(); err != nil {
 		return nil, err
 	}
 	off, equal, err := w.verify(ctx, progress("verify"))
@@ -206,15 +205,16 @@ func (m *Manager) Write(ctx context.Context, name, image string, o WriteOptions)
 	return res, nil
 }
 
-// checkStore refuses a snapshot whose store the kernel invalidated or found
-// full: writes into it are lost.
-func (v *volume) checkStore() error {
+// checkLive refuses a snapshot whose store the kernel invalidated or found
+// full (writes into it are lost), and records what it saw: such a store is
+// never merged.
+func (v *volume) checkLive() error {
 	st, err := v.m.k.status(v.name())
 	if err != nil {
 		return err
 	}
-	if !st.ok() {
-		return &StoreUnusableError{Volume: v.name(), State: st.State}
+	if st.State != dmtable.SnapshotActive {
+		return joinErr(&StoreUnusableError{Volume: v.name(), State: st.State}, v.noteUnusable(st.State))
 	}
 	return nil
 }
