@@ -35,7 +35,10 @@ type fakeVol struct {
 
 func newFake() *fakeVols { return &fakeVols{vols: map[string]*fakeVol{}, fail: map[string]error{}} }
 
-func (f *fakeVols) Status(_ context.Context, name string) (*snapshot.VolumeStatus, error) {
+func (f *fakeVols) Status(ctx context.Context, name string) (*snapshot.VolumeStatus, error) {
+	if ctx == nil {
+		panic("Status without a context")
+	}
 	v, ok := f.vols[name]
 	if !ok {
 		return nil, &snapshot.UnknownVolumeError{Name: name}

@@ -73,7 +73,7 @@ func (g *Manager) Status(ctx context.Context, name string) (*Status, error) {
 	default:
 		s.State = StateOpen
 	}
-	o := &open{g: g, rec: r}
+	o := &open{ctx: ctx, g: g, rec: r}
 	ms, err := o.members()
 	if err != nil {
 		return nil, err

@@ -116,6 +116,12 @@ func (fileStore) allocate(path string, bytes uint64, chunkSectors uint32, immuta
 	if err := fiemap.SetImmutable(f, true); err != nil {
 		return ino, err
 	}
+	// The flag is inode metadata: fsync commits it, so a power cut cannot
+	// bring the store back writable (the check before the store is mapped
+	// again would then refuse it, with a merge perhaps under way).
+	if err := f.Sync(); err != nil {
+		return ino, fmt.Errorf("sync store %s: %w", path, err)
+	}
 	return ino, nil
 }
 
@@ -165,6 +171,9 @@ func (fileStore) extend(path string, inode, bytes uint64) error {
 	}
 	if ierr := fiemap.SetImmutable(f, true); err == nil {
 		err = ierr
+	}
+	if err == nil {
+		err = f.Sync() // the flag, durably (see allocate)
 	}
 	if err != nil {
 		return fmt.Errorf("extend store %s to %d bytes: %w", path, bytes, err)
