@@ -1,6 +1,7 @@
 package bow
 
 import (
+	"context"
 	"fmt"
 	"sync"
 	"testing"
@@ -85,13 +86,13 @@ func benchWrite(b *testing.B, syncEach bool, benchChunk, benchWrites int) {
 		if err := e.Discard(half, half); err != nil {
 			b.Fatal(err)
 		}
-		if err := e.Checkpoint(); err != nil {
+		if err := e.Checkpoint(context.Background()); err != nil {
 			b.Fatal(err)
 		}
 		return e
 	}
 	finish := func(e *Engine) {
-		if err := e.Commit(); err != nil {
+		if err := e.Commit(context.Background()); err != nil {
 			b.Fatal(err)
 		}
 		if err := e.Close(); err != nil {

@@ -1,6 +1,7 @@
 package bow
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -167,7 +168,7 @@ func runCrashWorkload(t *testing.T, bs, blocks int64, writers, writesEach int, s
 	})
 	e.mu.Unlock()
 	r.ckStart = dev.mark()
-	if err := e.Checkpoint(); err != nil {
+	if err := e.Checkpoint(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	r.ckpt = readAll(t, e, size)
@@ -215,7 +216,7 @@ func runCrashWorkload(t *testing.T, bs, blocks int64, writers, writesEach int, s
 	checkMap(t, e)
 	r.final = readAll(t, e, size)
 	r.commitStart = dev.mark()
-	if err := e.Commit(); err != nil {
+	if err := e.Commit(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	r.commitEnd = dev.mark()
@@ -230,7 +231,7 @@ func runCrashWorkload(t *testing.T, bs, blocks int64, writers, writesEach int, s
 func (r *crashRun) checkRestored(t *testing.T, what string, img []byte) {
 	t.Helper()
 	mem := NewMemFrom(img)
-	_, err := Restore(mem, RestoreOptions{})
+	_, err := Restore(context.Background(), mem, RestoreOptions{})
 	var nl NoLogError
 	if err != nil && !errors.As(err, &nl) {
 		t.Fatalf("%s: restore: %v", what, err)
@@ -265,7 +266,7 @@ func TestCrashPoints(t *testing.T) {
 				points++
 				inCommit := i >= r.commitStart
 				mem := NewMemFrom(img)
-				_, err := Restore(mem, RestoreOptions{})
+				_, err := Restore(context.Background(), mem, RestoreOptions{})
 				var nl NoLogError
 				if errors.As(err, &nl) && (i < r.ckStart+8 || inCommit) {
 					if !inCommit {
@@ -305,7 +306,7 @@ func TestRestoreCrash(t *testing.T) {
 			crashPoints(r.base, r.events, r.bs, r.ckStart+20, r.commitStart, (r.commitStart-r.ckStart)/12, rng, func(i int, model string, img []byte) {
 				images++
 				dev := newCrashDev(img)
-				if _, err := Restore(dev, RestoreOptions{}); err != nil {
+				if _, err := Restore(context.Background(), dev, RestoreOptions{}); err != nil {
 					t.Fatalf("image %d (%s): restore: %v", i, model, err)
 				}
 				step := max(1, len(dev.events)/150)
@@ -318,7 +319,7 @@ func TestRestoreCrash(t *testing.T) {
 					}
 					// Crash the second restore too, then finish.
 					dev2 := newCrashDev(img2)
-					_, err := Restore(dev2, RestoreOptions{})
+					_, err := Restore(context.Background(), dev2, RestoreOptions{})
 					var nl NoLogError
 					if errors.As(err, &nl) {
 						r.checkRestored(t, what, img2)
@@ -357,7 +358,7 @@ func TestRestoreMarksBegunFirst(t *testing.T) {
 				t.Fatalf("before the restore: block 0 header %+v, %v; want a checkpoint log", h, err)
 			}
 			dev := newCrashDev(img)
-			if _, err := Restore(dev, RestoreOptions{}); err != nil {
+			if _, err := Restore(context.Background(), dev, RestoreOptions{}); err != nil {
 				t.Fatal(err)
 			}
 			final := dev.cur
@@ -395,7 +396,7 @@ func TestRollForwardRefusesHalfRestore(t *testing.T) {
 		t.Fatal(err)
 	}
 	copy(img, b)
-	err = RollForward(NewMemFrom(img))
+	err = RollForward(context.Background(), NewMemFrom(img))
 	if !errors.As(err, new(RestoreInProgressError)) {
 		t.Fatalf("roll forward of a half-restored device: got %v, want RestoreInProgressError", err)
 	}

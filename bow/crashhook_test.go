@@ -1,8 +1,12 @@
+//go:build crashhook
+
 package bow
 
 import (
 	"bytes"
+	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +15,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/snapctl/snapctl/internal/crashhook"
 )
 
 // The crash hook's own test: a child process (this test binary) runs a
@@ -34,49 +40,63 @@ func hookWrite(i int) (blk int64, data []byte) {
 	return int64(i*5) % (hookBlocks / 2), pattern(hookBS, uint64(1000+i))
 }
 
-// TestCrashHookChild is the child of TestCrashHook.
-func TestCrashHookChild(t *testing.T) {
+// init runs the child instead of the tests when this test binary is
+// started as TestCrashHook's child: a checkpoint, the writes, then a commit
+// or a restore, on the image file named in the environment.
+func init() {
 	scenario := os.Getenv(envHookChild)
 	if scenario == "" {
-		t.Skip("the child process of TestCrashHook")
+		return
 	}
-	f, err := OpenFile(os.Getenv(envHookImage))
+	if err := hookChild(scenario, os.Getenv(envHookImage)); err != nil {
+		fmt.Fprintln(os.Stderr, "crash hook child:", err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+func hookChild(scenario, path string) error {
+	f, err := OpenFile(path)
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	defer f.Close()
 	e, err := Open(f, Options{BlockSize: hookBS, WriteBack: -1})
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	if err := e.Discard(hookBlocks/2*hookBS, hookBlocks/2*hookBS); err != nil {
-		t.Fatal(err)
+		return err
 	}
-	if err := e.Checkpoint(); err != nil {
-		t.Fatal(err)
+	if err := e.Checkpoint(context.Background()); err != nil {
+		return err
 	}
 	for i := 0; i < hookWrites; i++ {
 		blk, b := hookWrite(i)
 		if _, err := e.WriteAt(b, blk*hookBS); err != nil {
-			t.Fatal(err)
+			return err
 		}
 	}
 	if scenario == "commit" {
-		if err := e.Commit(); err != nil {
-			t.Fatal(err)
+		if err := e.Commit(context.Background()); err != nil {
+			return err
 		}
 	}
 	if err := e.Close(); err != nil {
-		t.Fatal(err)
+		return err
 	}
 	if scenario == "restore" {
-		if _, err := Restore(f, RestoreOptions{}); err != nil {
-			t.Fatal(err)
+		if _, err := Restore(context.Background(), f, RestoreOptions{}); err != nil {
+			return err
 		}
 	}
+	return nil
 }
 
-var hookStepLine = regexp.MustCompile(`(?m)^snapctl: test hook: bow step (\d+): (.*)$`)
+var (
+	hookStepLine   = regexp.MustCompile(`(?m)^snapctl: test hook: step (\d+): (.*)$`)
+	hookKilledLine = regexp.MustCompile(`(?m)^snapctl: test hook: killed at step (\d+) \((.*)\)$`)
+)
 
 // runHookChild runs the child on a fresh image with the given k and
 // returns its stderr and whether SIGKILL ended it.
@@ -86,8 +106,8 @@ func runHookChild(t *testing.T, scenario string, k int, base []byte) (path, stde
 	if err := os.WriteFile(path, base, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashHookChild$", "-test.count=1")
-	cmd.Env = append(os.Environ(), envHookChild+"="+scenario, envHookImage+"="+path, envCrashAfter+"="+strconv.Itoa(k))
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), envHookChild+"="+scenario, envHookImage+"="+path, crashhook.EnvAfter+"="+strconv.Itoa(k))
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	err := cmd.Run()
@@ -107,9 +127,6 @@ func runHookChild(t *testing.T, scenario string, k int, base []byte) (path, stde
 }
 
 func TestCrashHook(t *testing.T) {
-	if os.Getenv(envHookChild) != "" {
-		t.Skip("in the child")
-	}
 	base := pattern(hookBS*hookBlocks, 7)
 	changed := append([]byte(nil), base...)
 	for i := 0; i < hookWrites; i++ {
@@ -148,22 +165,25 @@ func TestCrashHook(t *testing.T) {
 				if killed && (len(got) != k || got[k-1][2] != steps[k-1][2]) {
 					t.Fatalf("k=%d: the child announced %d steps before dying, want %d ending at %q:\n%s", k, len(got), k, steps[k-1][2], stderr)
 				}
+				if kl := hookKilledLine.FindStringSubmatch(stderr); killed && (kl == nil || kl[1] != strconv.Itoa(k) || kl[2] != steps[k-1][2]) {
+					t.Fatalf("k=%d: the child did not say it was killed at step %d (%s):\n%s", k, k, steps[k-1][2], stderr)
+				}
 				// Recover as the user would: rerun the restore, or roll
 				// the checkpoint forward for a commit.
 				f, err := OpenFile(path)
 				if err != nil {
 					t.Fatal(err)
 				}
-				_, ierr := Inspect(f)
+				_, ierr := Inspect(context.Background(), f)
 				var nl NoLogError
 				switch {
 				case errors.As(ierr, &nl):
 				case ierr != nil:
 					t.Fatalf("k=%d: inspect after the kill: %v", k, ierr)
 				case tc.scenario == "restore":
-					_, err = Restore(f, RestoreOptions{})
+					_, err = Restore(context.Background(), f, RestoreOptions{})
 				default:
-					err = RollForward(f)
+					err = RollForward(context.Background(), f)
 				}
 				if err != nil {
 					t.Fatalf("k=%d: recovery: %v", k, err)

@@ -102,6 +102,10 @@
 // requests are read, modified and written a block at a time under the
 // range lock.
 //
+// Package bow/serve serves an engine to the kernel as /dev/nbdN (or to NBD
+// clients on a socket) and package bow/control steers a running server
+// over its control socket; package bow/nbd is the NBD protocol itself.
+//
 // References: the dm-bow target (drivers/md/dm-bow.c and
 // Documentation/device-mapper/dm-bow.txt in the Android common kernel) and
 // vold's Checkpoint.cpp (cp_restoreCheckpoint). No code was taken from

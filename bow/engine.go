@@ -1,6 +1,7 @@
 package bow
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -90,10 +91,9 @@ type Engine struct {
 	completed uint64 // items whose data is on the device
 	buffered  int64  // data bytes of queued items
 
-	fl      flusher
-	writes  atomic.Uint64
-	reads   atomic.Uint64
-	bufPool sync.Pool
+	fl     flusher
+	writes atomic.Uint64
+	reads  atomic.Uint64
 }
 
 type counters struct {
@@ -512,10 +512,25 @@ func (e *Engine) Flush() error {
 
 // drain waits until every write queued so far has its data on the device,
 // and reports a failure of the background commits.
-func (e *Engine) drain() error {
+func (e *Engine) drain() error { return e.drainCtx(context.Background()) }
+
+// drainCtx is drain that gives up, with ctx's error, when ctx ends first.
+func (e *Engine) drainCtx(ctx context.Context) error {
+	if ctx.Done() != nil {
+		stop := context.AfterFunc(ctx, func() {
+			e.cmu.Lock()
+			e.ccond.Broadcast()
+			e.cmu.Unlock()
+		})
+		defer stop()
+	}
 	e.cmu.Lock()
 	target := e.submitted
 	for e.completed < target {
+		if err := ctx.Err(); err != nil {
+			e.cmu.Unlock()
+			return err
+		}
 		e.ccond.Wait()
 	}
 	e.cmu.Unlock()
@@ -528,17 +543,23 @@ func (e *Engine) drain() error {
 }
 
 // Checkpoint moves from trim to checkpoint state: the contents of every
-// block not free now become what Restore brings back.
-func (e *Engine) Checkpoint() error { return e.SetState(StateCheckpoint) }
+// block not free now become what Restore brings back. See SetState for
+// ctx.
+func (e *Engine) Checkpoint(ctx context.Context) error { return e.SetState(ctx, StateCheckpoint) }
 
 // Commit moves from checkpoint to committed state: the checkpoint is
 // dropped, block 0 gets its live contents back and the engine passes
-// everything through.
-func (e *Engine) Commit() error { return e.SetState(StateCommitted) }
+// everything through. See SetState for ctx.
+func (e *Engine) Commit(ctx context.Context) error { return e.SetState(ctx, StateCommitted) }
 
 // SetState moves to state s, which must be the next state. It waits for
-// I/O in flight to finish and holds new I/O until it is done.
-func (e *Engine) SetState(s State) error {
+// I/O in flight to finish and holds new I/O until it is done. If ctx ends
+// while it waits, it returns ctx's error and nothing has changed; once the
+// change has begun (a few block writes and flushes) it is carried through.
+func (e *Engine) SetState(ctx context.Context, s State) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	e.tr.Lock()
 	defer e.tr.Unlock()
 	if e.closed {
@@ -548,7 +569,7 @@ func (e *Engine) SetState(s State) error {
 	if s != cur+1 {
 		return TransitionError{From: cur, To: s}
 	}
-	if err := e.drain(); err != nil {
+	if err := e.drainCtx(ctx); err != nil {
 		return err
 	}
 	if s == StateCheckpoint {

@@ -2,6 +2,7 @@ package bow
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -109,7 +110,7 @@ func TestTransitions(t *testing.T) {
 	}
 	for _, s := range steps {
 		from := e.State()
-		err := e.SetState(s.to)
+		err := e.SetState(context.Background(), s.to)
 		var te TransitionError
 		switch {
 		case s.valid && err != nil:
@@ -136,7 +137,7 @@ func TestTransitions(t *testing.T) {
 func TestCheckpointNeedsFreeSpace(t *testing.T) {
 	e, mem := newEngine(t, 512, 16, 1, Options{})
 	before := digest(mem.Bytes())
-	err := e.Checkpoint()
+	err := e.Checkpoint(context.Background())
 	if !errors.Is(err, syscall.ENOSPC) || e.State() != StateTrim {
 		t.Fatalf("checkpoint with one free block: got %v in %v, want ENOSPC in trim", err, e.State())
 	}
@@ -149,7 +150,7 @@ func TestCheckpointNeedsFreeSpace(t *testing.T) {
 func TestNoSpaceFail(t *testing.T) {
 	const bs = 512
 	e, mem := newEngine(t, bs, 32, 6, Options{OnFull: FullFail})
-	if err := e.Checkpoint(); err != nil {
+	if err := e.Checkpoint(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	ck := readAll(t, e, e.Size())
@@ -178,7 +179,7 @@ func TestNoSpaceFail(t *testing.T) {
 	if err := e.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Restore(mem, RestoreOptions{}); err != nil {
+	if _, err := Restore(context.Background(), mem, RestoreOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if b := diffBlocks(mem.Bytes(), ck, bs, func(b int64) bool { return b < 26 }); b >= 0 {
@@ -195,7 +196,7 @@ func TestNoSpaceCommit(t *testing.T) {
 			t.Errorf("auto-commit status: %+v", s)
 		}
 	}})
-	if err := e.Checkpoint(); err != nil {
+	if err := e.Checkpoint(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	want := readAll(t, e, e.Size())
@@ -212,7 +213,7 @@ func TestNoSpaceCommit(t *testing.T) {
 	if got := mem.Bytes(); diffBlocks(got, want, bs, func(b int64) bool { return b < 26 }) >= 0 {
 		t.Fatal("device after auto-commit is not the written content")
 	}
-	if _, err := Inspect(mem); !errors.As(err, new(NoLogError)) {
+	if _, err := Inspect(context.Background(), mem); !errors.As(err, new(NoLogError)) {
 		t.Errorf("inspect after auto-commit: got %v, want NoLogError", err)
 	}
 }
@@ -221,7 +222,7 @@ func TestLowSpace(t *testing.T) {
 	const bs = 512
 	var calls []Status
 	e, _ := newEngine(t, bs, 64, 20, Options{LowSpace: 8 * bs, OnLowSpace: func(s Status) { calls = append(calls, s) }})
-	if err := e.Checkpoint(); err != nil { // uses 2 of the 20
+	if err := e.Checkpoint(context.Background()); err != nil { // uses 2 of the 20
 		t.Fatal(err)
 	}
 	for i := int64(1); i <= 12; i++ {
@@ -255,7 +256,7 @@ func TestLowSpace(t *testing.T) {
 func TestDiscardInCheckpoint(t *testing.T) {
 	const bs = 1024
 	e, mem := newEngine(t, bs, 64, 16, Options{})
-	if err := e.Checkpoint(); err != nil {
+	if err := e.Checkpoint(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	ck := readAll(t, e, e.Size())
@@ -288,7 +289,7 @@ func TestDiscardInCheckpoint(t *testing.T) {
 	if err := e.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Restore(mem, RestoreOptions{}); err != nil {
+	if _, err := Restore(context.Background(), mem, RestoreOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if b := diffBlocks(mem.Bytes(), ck, bs, func(b int64) bool { return b < 48 }); b >= 0 {
@@ -300,7 +301,7 @@ func TestBlockZero(t *testing.T) {
 	const bs = 2048
 	e, mem := newEngine(t, bs, 16, 8, Options{})
 	orig := readAll(t, e, bs)
-	if err := e.Checkpoint(); err != nil {
+	if err := e.Checkpoint(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	if h, err := ParseHeader(mem.Bytes()); err != nil || h.Magic != Magic || h.BlockSize != bs {
@@ -332,7 +333,7 @@ func TestBlockZero(t *testing.T) {
 	if h, _ := ParseHeader(mem.Bytes()); h.Sector0 != e.zero.Load()*(bs/512) {
 		t.Fatalf("log says the live block 0 is at sector %d, engine at block %d", h.Sector0, e.zero.Load())
 	}
-	if err := e.Commit(); err != nil {
+	if err := e.Commit(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	if got := mem.Bytes()[:bs]; !bytes.Equal(got, want) {
@@ -351,7 +352,7 @@ func TestUnaligned(t *testing.T) {
 				t.Fatal(err)
 			}
 			for e.State() < st {
-				if err := e.SetState(e.State() + 1); err != nil {
+				if err := e.SetState(context.Background(), e.State()+1); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -402,7 +403,7 @@ func TestPersistence(t *testing.T) {
 	if err := e.Discard(32*bs, 32*bs); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.Checkpoint(); err != nil {
+	if err := e.Checkpoint(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	ck := readAll(t, e, e.Size())
@@ -445,7 +446,7 @@ func TestPersistence(t *testing.T) {
 	if _, err := Open(f, opts); !errors.As(err, new(NeedsRestoreError)) {
 		t.Fatalf("open after a crash: got %v, want NeedsRestoreError", err)
 	}
-	if _, err := Restore(f, RestoreOptions{}); err != nil {
+	if _, err := Restore(context.Background(), f, RestoreOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if b := diffBlocks(readAll(t, f, f.Size()), ck, bs, func(b int64) bool { return b < 32 }); b >= 0 {
@@ -459,7 +460,7 @@ func TestPersistence(t *testing.T) {
 			t.Fatal(err)
 		}
 		e.Discard(8*bs, 8*bs)
-		if err := e.Checkpoint(); err != nil {
+		if err := e.Checkpoint(context.Background()); err != nil {
 			t.Fatal(err)
 		}
 		if err := e.Close(); err != nil {
@@ -478,7 +479,7 @@ func TestPersistence(t *testing.T) {
 		_, f := newImage(t, 16*bs, 5)
 		e, _ := Open(f, opts)
 		e.Discard(8*bs, 8*bs)
-		e.Checkpoint()
+		e.Checkpoint(context.Background())
 		e.Close()
 		// The log in block 0 moves on without the engine.
 		var b [4]byte
@@ -514,7 +515,7 @@ func TestClosed(t *testing.T) {
 		"write":   func() error { _, err := e.WriteAt(make([]byte, 1), 0); return err }(),
 		"flush":   e.Flush(),
 		"discard": e.Discard(0, 512),
-		"state":   e.Checkpoint(),
+		"state":   e.Checkpoint(context.Background()),
 	} {
 		if !errors.Is(err, ErrClosed) {
 			t.Errorf("%s after Close: got %v, want ErrClosed", name, err)
@@ -607,7 +608,7 @@ func TestIndependentRangesDoNotWait(t *testing.T) {
 			}
 			e.Discard(32*bs, 32*bs)
 			for e.State() < st {
-				if err := e.SetState(e.State() + 1); err != nil {
+				if err := e.SetState(context.Background(), e.State()+1); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -664,7 +665,7 @@ func testGroupCommit(t *testing.T, writeBack int64) {
 		t.Fatal(err)
 	}
 	e.Discard(128*bs, 128*bs)
-	if err := e.Checkpoint(); err != nil {
+	if err := e.Checkpoint(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	ck := readAll(t, e, e.Size())
@@ -692,7 +693,7 @@ func testGroupCommit(t *testing.T, writeBack int64) {
 	} else {
 		t.Logf("%d flushes for %d backed-up writes", n, writers*each)
 	}
-	if _, err := Restore(dev, RestoreOptions{}); err != nil {
+	if _, err := Restore(context.Background(), dev, RestoreOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if b := diffBlocks(dev.Bytes(), ck, bs, func(b int64) bool { return b < 128 }); b >= 0 {
@@ -709,7 +710,7 @@ func TestConcurrent(t *testing.T) {
 		t.Run(fmt.Sprint(bs), func(t *testing.T) {
 			const blocks, writers, each = 256, 6, 150
 			e, mem := newEngine(t, bs, blocks, 128, Options{})
-			if err := e.Checkpoint(); err != nil {
+			if err := e.Checkpoint(context.Background()); err != nil {
 				t.Fatal(err)
 			}
 			ck := readAll(t, e, e.Size())
@@ -770,12 +771,33 @@ func TestConcurrent(t *testing.T) {
 			if err := e.Close(); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := Restore(mem, RestoreOptions{}); err != nil {
+			if _, err := Restore(context.Background(), mem, RestoreOptions{}); err != nil {
 				t.Fatal(err)
 			}
 			if b := diffBlocks(mem.Bytes(), ck, bs, func(b int64) bool { return b < 128 }); b >= 0 {
 				t.Fatalf("restore differs at block %d", b)
 			}
 		})
+	}
+}
+
+// TestSetStateContext: a state change whose context has ended changes
+// nothing.
+func TestSetStateContext(t *testing.T) {
+	e, err := Open(NewMem(1<<20), Options{BlockSize: 4096})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if err := e.Discard(512<<10, 512<<10); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := e.Checkpoint(ctx); !errors.Is(err, context.Canceled) || e.State() != StateTrim {
+		t.Fatalf("checkpoint with a cancelled context: got %v, state %v; want context.Canceled in trim state", err, e.State())
+	}
+	if err := e.Checkpoint(context.Background()); err != nil {
+		t.Fatal(err)
 	}
 }

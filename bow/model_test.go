@@ -1,6 +1,7 @@
 package bow
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -189,7 +190,7 @@ func runModel(t *rapid.T, bs int64, path string) {
 			}
 		},
 		"checkpoint": func(t *rapid.T) {
-			err := e.Checkpoint()
+			err := e.Checkpoint(context.Background())
 			if m.state != StateTrim {
 				var te TransitionError
 				if !errors.As(err, &te) {
@@ -209,7 +210,7 @@ func runModel(t *rapid.T, bs int64, path string) {
 			m.compare(t, "image at checkpoint", m.ckpt, 0)
 		},
 		"commit": func(t *rapid.T) {
-			err := e.Commit()
+			err := e.Commit(context.Background())
 			if m.state != StateCheckpoint {
 				var te TransitionError
 				if !errors.As(err, &te) {
@@ -260,7 +261,7 @@ func runModel(t *rapid.T, bs int64, path string) {
 	switch m.state {
 	case StateCheckpoint:
 		modelStats.restores++
-		if _, err := Restore(f, RestoreOptions{}); err != nil {
+		if _, err := Restore(context.Background(), f, RestoreOptions{}); err != nil {
 			t.Fatalf("restore: %v", err)
 		}
 		got := readAll(t, f, size)

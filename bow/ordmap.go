@@ -84,14 +84,6 @@ func (m *ordMap[V]) ceil(k uint64) *tnode[V] {
 	return m.higher(k)
 }
 
-func (m *ordMap[V]) min() *tnode[V] {
-	t := m.root
-	for t != nil && t.left != nil {
-		t = t.left
-	}
-	return t
-}
-
 func (m *ordMap[V]) max() *tnode[V] {
 	t := m.root
 	for t != nil && t.right != nil {

@@ -7,7 +7,8 @@ import (
 	"fmt"
 	"hash/crc32"
 	"os"
-	"path/filepath"
+
+	"github.com/snapctl/snapctl/internal/atomicfile"
 )
 
 // The state file keeps what the log alone cannot give back: which blocks
@@ -54,7 +55,7 @@ func (e *Engine) saveState() error {
 	e.mu.Lock()
 	data := e.encodeState()
 	e.mu.Unlock()
-	if err := writeFileAtomic(e.opts.StatePath, data); err != nil {
+	if err := atomicfile.Write(e.opts.StatePath, data, 0o600); err != nil {
 		return fmt.Errorf("save bow state of %s: %w", e.name, err)
 	}
 	return nil
@@ -174,48 +175,5 @@ func (e *Engine) decodeState(data []byte) error {
 	return nil
 }
 
-// writeFileAtomic replaces path with data: temp file, fsync, rename, fsync
-// of the directory.
-func writeFileAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	_, werr := f.Write(data)
-	if werr == nil {
-		werr = f.Sync()
-	}
-	if cerr := f.Close(); werr == nil {
-		werr = cerr
-	}
-	if werr == nil {
-		werr = os.Rename(tmp, path)
-	}
-	if werr != nil {
-		os.Remove(tmp)
-		return werr
-	}
-	return syncDir(dir)
-}
-
 // removeDurably removes path and syncs its directory.
-func removeDurably(path string) error {
-	if err := os.Remove(path); err != nil {
-		return err
-	}
-	return syncDir(filepath.Dir(path))
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}
+func removeDurably(path string) error { return atomicfile.Remove(path) }

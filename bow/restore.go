@@ -1,6 +1,7 @@
 package bow
 
 import (
+	"context"
 	"errors"
 	"fmt"
 )
@@ -59,8 +60,8 @@ type Info struct {
 // Inspect reads the log chain of dev and validates it without writing.
 // The error is NoLogError without a log and CorruptLogError when validation
 // fails; Info describes as much of the chain as could be read.
-func Inspect(dev Device) (Info, error) {
-	c, err := openChain(dev)
+func Inspect(ctx context.Context, dev Device) (Info, error) {
+	c, err := openChain(ctx, dev)
 	info := Info{Device: deviceName(dev), Size: dev.Size()}
 	if err != nil {
 		return info, err
@@ -86,9 +87,13 @@ func Inspect(dev Device) (Info, error) {
 // truncated count) whenever going on would destroy data a repeat needs, so
 // a restore killed at any point finishes when run again. Restore is
 // compatible with logs written by Android's dm-bow and restores by vold.
-func Restore(dev Device, opts RestoreOptions) (RestoreSummary, error) {
+//
+// If ctx ends, Restore stops at the next entry, flushes what it copied and
+// returns ctx's error (wrapped); the device is then as after a kill: it
+// needs Restore again, which finishes the job.
+func Restore(ctx context.Context, dev Device, opts RestoreOptions) (RestoreSummary, error) {
 	sum := RestoreSummary{Device: deviceName(dev), DryRun: opts.DryRun}
-	c, err := openChain(dev)
+	c, err := openChain(ctx, dev)
 	if err != nil {
 		return sum, err
 	}
@@ -97,7 +102,11 @@ func Restore(dev Device, opts RestoreOptions) (RestoreSummary, error) {
 	verr := c.validate()
 	sum.LogBlocks, sum.Entries, sum.Bytes = len(c.logs), c.entries, c.bytes
 	if verr != nil {
-		if !opts.RollForwardOnCorruption || opts.DryRun {
+		// Only a damaged chain is rolled forward: an I/O error while
+		// checking it says nothing about the log, and dropping the
+		// checkpoint for it would throw away a restorable earlier state.
+		var corrupt CorruptLogError
+		if !opts.RollForwardOnCorruption || opts.DryRun || ctx.Err() != nil || !errors.As(verr, &corrupt) {
 			return sum, verr
 		}
 		if err := rollForward(dev, c.top); err != nil {
@@ -115,9 +124,10 @@ func Restore(dev Device, opts RestoreOptions) (RestoreSummary, error) {
 
 // RollForward drops the checkpoint on dev and keeps its current contents:
 // the live block 0 is copied home over the log. It is the offline
-// equivalent of Engine.Commit for a device whose engine is gone.
-func RollForward(dev Device) error {
-	c, err := openChain(dev)
+// equivalent of Engine.Commit for a device whose engine is gone. It
+// writes one block: ctx is checked before it starts.
+func RollForward(ctx context.Context, dev Device) error {
+	c, err := openChain(ctx, dev)
 	if err != nil {
 		return err
 	}
@@ -151,6 +161,7 @@ func rollForward(dev Device, top Header) error {
 
 // chain walks the log chain of a device.
 type chain struct {
+	ctx    context.Context // checked before each entry
 	dev    Device
 	name   string
 	top    Header
@@ -163,8 +174,11 @@ type chain struct {
 	bytes   int64
 }
 
-func openChain(dev Device) (*chain, error) {
+func openChain(ctx context.Context, dev Device) (*chain, error) {
 	name := deviceName(dev)
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("read log on %s: %w", name, err)
+	}
 	if dev.Size() < HeaderSize {
 		return nil, NoLogError{Device: name}
 	}
@@ -176,7 +190,7 @@ func openChain(dev Device) (*chain, error) {
 	if err != nil {
 		return nil, NoLogError{Device: name}
 	}
-	c := &chain{dev: dev, name: name, top: top, bs: int64(top.BlockSize)}
+	c := &chain{ctx: ctx, dev: dev, name: name, top: top, bs: int64(top.BlockSize)}
 	if ValidBlockSize(c.bs) {
 		c.spb = uint64(c.bs / SectorSize)
 		c.blocks = uint64(dev.Size() / c.bs)
@@ -260,6 +274,9 @@ func (c *chain) validate() error {
 		}
 		li := LogInfo{Sequence: lb.Sequence, Partial: lb.Magic == PartialMagic, Entries: len(lb.Entries), Block: at}
 		for i := len(lb.Entries) - 1; i >= 0; i-- {
+			if err := c.ctx.Err(); err != nil {
+				return fmt.Errorf("validate log on %s: %w", c.name, err)
+			}
 			e := lb.Entries[i]
 			src, dst, n, err := c.checkEntry(seq, i, e)
 			if err != nil {
@@ -348,6 +365,11 @@ func (c *chain) replay(progress func(done, total int64)) error {
 		}
 		var used spanSet
 		for i := len(lb.Entries) - 1; i >= 0; i-- {
+			if err := c.ctx.Err(); err != nil {
+				// Between two entries, as a kill at a step boundary:
+				// a repeated restore goes on from here.
+				return errors.Join(fmt.Errorf("restore %s: stopped before the end; restore again to finish: %w", c.name, err), c.flush())
+			}
 			e := lb.Entries[i]
 			src, dst, n, err := c.checkEntry(seq, i, e)
 			if err != nil {

@@ -2,8 +2,10 @@ package bow
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
+	"syscall"
 	"testing"
 )
 
@@ -61,7 +63,7 @@ func handImage(t testing.TB) (img, orig []byte) {
 
 func TestRestoreHandImage(t *testing.T) {
 	img, orig := handImage(t)
-	info, err := Inspect(NewMemFrom(img))
+	info, err := Inspect(context.Background(), NewMemFrom(img))
 	if err != nil {
 		t.Fatalf("inspect: %v", err)
 	}
@@ -72,7 +74,7 @@ func TestRestoreHandImage(t *testing.T) {
 		t.Errorf("inspect: older log found at block %d, want 10", info.Logs[1].Block)
 	}
 	mem := NewMemFrom(img)
-	sum, err := Restore(mem, RestoreOptions{DryRun: true})
+	sum, err := Restore(context.Background(), mem, RestoreOptions{DryRun: true})
 	if err != nil || !bytes.Equal(mem.Bytes(), img) {
 		t.Fatalf("dry run: err %v, image changed %v", err, !bytes.Equal(mem.Bytes(), img))
 	}
@@ -81,7 +83,7 @@ func TestRestoreHandImage(t *testing.T) {
 	}
 	var calls int
 	var last int64
-	sum, err = Restore(mem, RestoreOptions{Progress: func(done, total int64) {
+	sum, err = Restore(context.Background(), mem, RestoreOptions{Progress: func(done, total int64) {
 		calls++
 		if total != 6*1024 || done <= last || done > total {
 			t.Errorf("progress %d/%d at call %d after %d", done, total, calls, last)
@@ -97,7 +99,7 @@ func TestRestoreHandImage(t *testing.T) {
 	if calls != 5 || last != 6*1024 {
 		t.Errorf("progress called %d times ending at %d, want 5 ending at 6144", calls, last)
 	}
-	if _, err := Restore(mem, RestoreOptions{}); !errors.As(err, new(NoLogError)) {
+	if _, err := Restore(context.Background(), mem, RestoreOptions{}); !errors.As(err, new(NoLogError)) {
 		t.Errorf("second restore: got %v, want NoLogError", err)
 	}
 }
@@ -157,7 +159,7 @@ func TestRestoreRefusesCorruptChain(t *testing.T) {
 			before := digest(img)
 			for _, dry := range []bool{true, false} {
 				dev := &writeCounter{Mem: NewMemFrom(img)}
-				_, err := Restore(dev, RestoreOptions{DryRun: dry})
+				_, err := Restore(context.Background(), dev, RestoreOptions{DryRun: dry})
 				var ce CorruptLogError
 				switch {
 				case tt.noLog && !errors.As(err, new(NoLogError)):
@@ -171,7 +173,7 @@ func TestRestoreRefusesCorruptChain(t *testing.T) {
 					t.Fatalf("refused restore wrote %d times; image changed: %v", dev.writes, digest(dev.Bytes()) != before)
 				}
 			}
-			if _, err := Inspect(NewMemFrom(img)); err == nil {
+			if _, err := Inspect(context.Background(), NewMemFrom(img)); err == nil {
 				t.Errorf("inspect: got nil error for a corrupt chain")
 			}
 		})
@@ -184,7 +186,7 @@ func TestRestoreRollForward(t *testing.T) {
 	img[11*bs] ^= 1 // breaks the checksum of an entry
 	live := append([]byte(nil), img[15*bs:16*bs]...)
 	mem := NewMemFrom(img)
-	sum, err := Restore(mem, RestoreOptions{RollForwardOnCorruption: true})
+	sum, err := Restore(context.Background(), mem, RestoreOptions{RollForwardOnCorruption: true})
 	if err != nil {
 		t.Fatalf("roll forward: %v", err)
 	}
@@ -203,13 +205,13 @@ func TestRestoreRollForward(t *testing.T) {
 	binary.LittleEndian.PutUint32(img2[0:], PartialMagic)
 	img2[11*bs] ^= 1
 	dev := &writeCounter{Mem: NewMemFrom(img2)}
-	if _, err := Restore(dev, RestoreOptions{RollForwardOnCorruption: true}); err == nil || dev.writes != 0 {
+	if _, err := Restore(context.Background(), dev, RestoreOptions{RollForwardOnCorruption: true}); err == nil || dev.writes != 0 {
 		t.Errorf("roll forward of a partial restore: got %v with %d writes, want a refusal", err, dev.writes)
 	}
 	// RollForward on a good log is an offline commit.
 	img3, _ := handImage(t)
 	mem3 := NewMemFrom(img3)
-	if err := RollForward(mem3); err != nil {
+	if err := RollForward(context.Background(), mem3); err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(mem3.Bytes()[:bs], img3[15*bs:16*bs]) {
@@ -232,12 +234,77 @@ func FuzzRestore(f *testing.F) {
 	f.Add([]byte{0x42, 0x4f, 0x57, 0})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		dev := &writeCounter{Mem: NewMemFrom(b)}
-		if _, err := Inspect(dev); err != nil && dev.writes != 0 {
+		if _, err := Inspect(context.Background(), dev); err != nil && dev.writes != 0 {
 			t.Fatalf("inspect wrote")
 		}
-		_, err := Restore(dev, RestoreOptions{})
+		_, err := Restore(context.Background(), dev, RestoreOptions{})
 		if err != nil && dev.writes != 0 {
 			t.Fatalf("restore failed (%v) after %d writes", err, dev.writes)
 		}
 	})
+}
+
+// TestRestoreContext: a restore whose context ends stops between two
+// entries, leaves the device marked as being restored, and a second
+// restore finishes it; a roll forward is never taken for a cancelled
+// validation.
+func TestRestoreContext(t *testing.T) {
+	img, orig := handImage(t)
+	dev := NewMemFrom(img)
+	ctx, cancel := context.WithCancel(context.Background())
+	_, err := Restore(ctx, dev, RestoreOptions{Progress: func(done, total int64) { cancel() }})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled restore: got %v, want context.Canceled", err)
+	}
+	_, err = Open(NewMemFrom(dev.Bytes()), Options{})
+	if !errors.As(err, new(RestoreInProgressError)) {
+		t.Fatalf("device after a cancelled restore: Open got %v, want RestoreInProgressError", err)
+	}
+	sum, err := Restore(context.Background(), dev, RestoreOptions{})
+	if err != nil || !sum.Resumed {
+		t.Fatalf("second restore: %v, %+v; want a resumed restore", err, sum)
+	}
+	if !bytes.Equal(dev.Bytes()[:len(orig)], orig) {
+		t.Fatal("restored image differs from the checkpoint")
+	}
+
+	img, _ = handImage(t)
+	dev = NewMemFrom(img)
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := Restore(cancelled, dev, RestoreOptions{RollForwardOnCorruption: true}); !errors.Is(err, context.Canceled) {
+		t.Fatalf("restore with a cancelled context: got %v, want context.Canceled", err)
+	}
+	if !bytes.Equal(dev.Bytes(), img) {
+		t.Fatal("a restore with a cancelled context wrote to the device")
+	}
+}
+
+// readFailer fails every read that touches [from, to) with EIO, and
+// counts writes.
+type readFailer struct {
+	writeCounter
+	from, to int64
+}
+
+func (r *readFailer) ReadAt(p []byte, off int64) (int, error) {
+	if off < r.to && off+int64(len(p)) > r.from {
+		return 0, syscall.EIO
+	}
+	return r.Mem.ReadAt(p, off)
+}
+
+// TestRestoreNoRollForwardOnIOError: an I/O error while the chain is
+// checked is not a damaged chain: the checkpoint stays, nothing is
+// written, and the error keeps its errno.
+func TestRestoreNoRollForwardOnIOError(t *testing.T) {
+	const bs = 1024
+	img, _ := handImage(t)
+	// Blocks 11-12 hold a backup (not a log block): only the checksum
+	// check reads them.
+	dev := &readFailer{writeCounter: writeCounter{Mem: NewMemFrom(img)}, from: 11 * bs, to: 12 * bs}
+	sum, err := Restore(context.Background(), dev, RestoreOptions{RollForwardOnCorruption: true})
+	if !errors.Is(err, syscall.EIO) || sum.RolledForward || dev.writes != 0 {
+		t.Fatalf("got %v, rolled forward %v, %d writes; want EIO, no roll forward, no write", err, sum.RolledForward, dev.writes)
+	}
 }

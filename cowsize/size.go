@@ -4,12 +4,14 @@ import (
 	"fmt"
 	"math"
 	"math/bits"
+
+	"github.com/snapctl/snapctl/merge"
 )
 
 // Chunk sizes, in bytes. The kernel takes the chunk size in 512-byte
 // sectors; snapctl accepts powers of two from MinChunk to MaxChunk.
 const (
-	SectorSize   = 512
+	SectorSize   = merge.SectorSize
 	MinChunk     = 4 << 10
 	MaxChunk     = 512 << 10
 	DefaultChunk = 4 << 10
@@ -19,10 +21,7 @@ const (
 // largest size a file or block device can report.
 const MaxBytes = math.MaxInt64
 
-const (
-	entryBytes   = 16 // one exception: old_chunk u64, new_chunk u64
-	headerChunks = 1
-)
+const headerChunks = 1
 
 // Size is the exception store needed for a change set.
 type Size struct {
@@ -100,8 +99,10 @@ func CheckBlockSize(device string, chunkBytes, logicalBlockBytes uint32) error {
 }
 
 // ExceptionsPerArea is E, the number of exceptions one metadata area of a
-// chunk holds.
-func ExceptionsPerArea(chunkBytes uint32) uint64 { return uint64(chunkBytes) / entryBytes }
+// chunk holds (merge.Layout.PerArea, the store format's geometry).
+func ExceptionsPerArea(chunkBytes uint32) uint64 {
+	return merge.Layout{ChunkSize: chunkBytes / SectorSize}.PerArea()
+}
 
 // ForChunks returns the exact store for n distinct changed chunks:
 // n + 2 + floor(n/E) chunks. It fails with ChunkSizeError or TooLargeError.

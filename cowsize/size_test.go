@@ -6,6 +6,8 @@ import (
 	"math"
 	"math/rand/v2"
 	"testing"
+
+	"github.com/snapctl/snapctl/merge"
 )
 
 var chunkSizes = []uint32{4 << 10, 8 << 10, 64 << 10, 512 << 10}
@@ -102,6 +104,25 @@ func TestForChunksKernelModel(t *testing.T) {
 		}
 		if want := kernelChunks(n, e); s.TotalChunks != want {
 			t.Fatalf("N=%d: got %d chunks, want %d", n, s.TotalChunks, want)
+		}
+	}
+}
+
+// TestForChunksLayout checks the formula against the store's layout (merge,
+// the format's home): the smallest store for n exceptions ends where the
+// (n+1)-th data chunk would be.
+func TestForChunksLayout(t *testing.T) {
+	for _, cb := range chunkSizes {
+		l := merge.Layout{ChunkSize: cb / SectorSize}
+		e := l.PerArea()
+		for _, n := range []uint64{0, 1, e - 1, e, e + 1, 2*e - 1, 2 * e, 3*e + 7} {
+			s, err := ForChunks(n, cb)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := l.DataChunk(n); s.TotalChunks != want {
+				t.Errorf("chunk %d, N=%d: got %d chunks, want %d (merge.Layout.DataChunk)", cb, n, s.TotalChunks, want)
+			}
 		}
 	}
 }

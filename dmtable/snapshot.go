@@ -82,6 +82,12 @@ func ParseStore(s string) (Store, error) {
 // chunk sizes are powers of two and must stay below 2 GiB.
 const MaxChunkSectors = 1 << 21
 
+// ValidChunkSectors reports whether n sectors is a chunk size the kernel
+// takes, for a snapshot table and for the header of its persistent store: a
+// power of two up to MaxChunkSectors. (snapctl's own choice for new stores
+// is narrower: cowsize.CheckChunk.)
+func ValidChunkSectors(n uint64) bool { return n != 0 && n&(n-1) == 0 && n <= MaxChunkSectors }
+
 // SnapshotParams is the parameter list of a `snapshot` or `snapshot-merge`
 // target: "ORIGIN COW P|PO|N CHUNK [N FEATURE...]".
 type SnapshotParams struct {
@@ -115,7 +121,7 @@ func (p SnapshotParams) Validate() error {
 		return fmt.Errorf("snapshot origin and COW are the same device %q", p.Origin)
 	case p.Store != Persistent && p.Store != PersistentOverflow && p.Store != Transient:
 		return fmt.Errorf("snapshot store %v is not P, PO or N", p.Store)
-	case p.Chunk == 0 || p.Chunk&(p.Chunk-1) != 0 || p.Chunk > MaxChunkSectors:
+	case !ValidChunkSectors(p.Chunk):
 		return fmt.Errorf("snapshot chunk size %d sectors is not a power of two up to %d", p.Chunk, MaxChunkSectors)
 	}
 	for _, f := range p.Features {

@@ -43,6 +43,21 @@ func (s SnapshotState) String() string {
 	return fmt.Sprintf("SnapshotState(%d)", int(s))
 }
 
+// MarshalText is the state's String, so JSON shows "active", "invalid",
+// "merge failed", "overflow" or "unknown".
+func (s SnapshotState) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// UnmarshalText parses what MarshalText writes.
+func (s *SnapshotState) UnmarshalText(b []byte) error {
+	for st := SnapshotUnknown; st <= SnapshotOverflow; st++ {
+		if st.String() == string(b) {
+			*s = st
+			return nil
+		}
+	}
+	return fmt.Errorf("parse snapshot state %q: want active, invalid, merge failed, overflow or unknown", b)
+}
+
 // Status words the kernel prints instead of the usage numbers.
 const (
 	statusInvalid     = "Invalid"

@@ -278,6 +278,7 @@ func biDevice(t *testing.T, name string, tab dmtable.Table) {
 // TestBadInputPrepare: inputs to attach and prepare that must be refused
 // before anything changes.
 func TestBadInputPrepare(t *testing.T) {
+	parallel(t)
 	if !InGuest(t, Config{Disks: []Disk{{Size: 32 << 20}, {Size: 128 << 20}, {Size: 16 << 20}, {Size: 32 << 20}, {Size: 1 << 20}, {Size: 128 << 20}}}) {
 		return
 	}
@@ -422,10 +423,18 @@ func TestBadInputPrepare(t *testing.T) {
 		if code != 0 {
 			t.Fatalf("prepare --dry-run: exit %d\n%s", code, errOut)
 		}
-		for _, s := range []string{"dry run", store, "table bad-cow", "table bad-real", "table bad-snap", "table bad:", "snapshot-origin", "snapshot ", " P 8"} {
+		// The store's blocks are not known before the file is allocated: the
+		// dry run names the filesystem, its device and the raw device the
+		// segments will be on, and prints no NAME-cow table.
+		stor, raw := devOf(t, "/dev/mapper/stor").String(), devOf(t, ubd(1)).String()
+		for _, s := range []string{"dry run", store, "not known", "8388608 bytes will be allocated by ext4 on /dev/mapper/stor (" + stor + ")", ubd(1) + " (" + raw + ")",
+			"table bad-real", "table bad-snap", "table bad:", "snapshot-origin", "snapshot ", " P 8"} {
 			if !strings.Contains(out, s) {
 				t.Errorf("prepare --dry-run output lacks %q:\n%s", s, out)
 			}
+		}
+		if strings.Contains(out, "table bad-cow") {
+			t.Errorf("prepare --dry-run prints a table for bad-cow, whose segments it cannot know:\n%s", out)
 		}
 		biUnchanged(t, "prepare --dry-run", before, biCapture(t, w(store)))
 		out, _, code = v.snapctl("prepare", "bad", "--store", store, "--size", "8M", "--dry-run", "--json")
@@ -433,12 +442,21 @@ func TestBadInputPrepare(t *testing.T) {
 			DryRun     bool              `json:"dry_run"`
 			StoreBytes uint64            `json:"store_bytes"`
 			Tables     map[string]string `json:"tables"`
+			Placement  *struct {
+				Filesystem string   `json:"filesystem"`
+				FSDev      string   `json:"fs_dev"`
+				FSDevice   string   `json:"fs_device"`
+				Devices    []string `json:"devices"`
+			} `json:"store_placement"`
 		}
 		if err := json.Unmarshal([]byte(out), &plan); err != nil || code != 0 {
 			t.Fatalf("prepare --dry-run --json: exit %d, %v\n%s", code, err, out)
 		}
-		if !plan.DryRun || plan.StoreBytes != 8<<20 || len(plan.Tables) != 4 {
-			t.Errorf("dry-run plan: dry_run %v, store_bytes %d, %d tables; want true, %d, 4", plan.DryRun, plan.StoreBytes, len(plan.Tables), 8<<20)
+		if _, ok := plan.Tables["bad-cow"]; !plan.DryRun || plan.StoreBytes != 8<<20 || len(plan.Tables) != 3 || ok {
+			t.Errorf("dry-run plan: dry_run %v, store_bytes %d, tables %v; want true, %d, bad, bad-real and bad-snap", plan.DryRun, plan.StoreBytes, plan.Tables, 8<<20)
+		}
+		if p := plan.Placement; p == nil || p.Filesystem != "ext4" || p.FSDev != stor || p.FSDevice != "/dev/mapper/stor" || len(p.Devices) != 1 || p.Devices[0] != raw {
+			t.Errorf("dry-run plan: store_placement %+v, want ext4 on /dev/mapper/stor (%s) over %s", plan.Placement, stor, raw)
 		}
 		biUnchanged(t, "prepare --dry-run --json", before, biCapture(t, w(store)))
 		// A volume never attached: the dry run attaches nothing either.
@@ -450,6 +468,20 @@ func TestBadInputPrepare(t *testing.T) {
 			t.Errorf("dry run of an unattached volume: exit %d\n%s%s", code, out, errOut)
 		}
 		biUnchanged(t, "prepare --dry-run (unattached)", before, biCapture(t, ww))
+	})
+
+	t.Run("overflow fail in checkpoint mode", func(t *testing.T) {
+		// Checkpoint writes go to the origin, and a write that finds the
+		// store full invalidates the snapshot whatever the policy: fail
+		// would do nothing, so it is refused.
+		store := filepath.Join(smnt, "s-po")
+		for _, extra := range [][]string{nil, {"--dry-run"}, {"--mode", "checkpoint"}} {
+			args := append([]string{"prepare", "bad", "--store", store, "--size", "1M", "--overflow", "fail"}, extra...)
+			biRefuse(t, w(store), 4, args, `"bad"`, "overflow policy fail", "update mode")
+		}
+		fresh := newVolume(t, "povol")
+		ww := biWatch{sums: []string{ubd(0)}, state: fresh.state, absent: []string{store}}
+		biRefuse(t, ww, 4, []string{"prepare", "povol", "--origin", ubd(0), "--store", store, "--size", "1M", "--overflow", "fail"}, `"povol"`, "overflow policy fail")
 	})
 
 	t.Run("store path through a symlink", func(t *testing.T) {
@@ -527,6 +559,7 @@ func biRecordWithoutHistory(t testing.TB, b []byte) string {
 // busy volume, a rollback under a mounted filesystem, and an origin whose
 // path names another device than the one recorded.
 func TestBadInputState(t *testing.T) {
+	parallel(t)
 	if !InGuest(t, Config{Disks: []Disk{{Size: 32 << 20}, {Size: 128 << 20}}}) {
 		return
 	}

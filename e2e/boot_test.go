@@ -48,6 +48,7 @@ const (
 // and the store file is gone. The JSON shape of `status --json` is checked
 // against cmd/snapctl/testdata/status-*.golden at each stage.
 func TestBootSequence(t *testing.T) {
+	parallel(t)
 	switch os.Getenv(envPhase) {
 	case "1":
 		bootPhase1(t, os.Getenv(envBootDir), os.Getenv(envRepo))

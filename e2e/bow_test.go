@@ -399,6 +399,7 @@ func bowCycle(t *testing.T, disk, nbd string, bs int) {
 // bow with 1 KiB blocks, which crashed the original prototype).
 // Guest disks: /dev/ubda 256 MiB, /dev/ubdb 256 MiB, blank.
 func TestBowRestore(t *testing.T) {
+	parallel(t)
 	if !InGuest(t, Config{Disks: []Disk{{Size: 256 << 20}, {Size: 256 << 20}}, Timeout: 10 * time.Minute}) {
 		return
 	}
@@ -412,6 +413,7 @@ func TestBowRestore(t *testing.T) {
 // e2fsck is clean and a restore finds no checkpoint.
 // Guest disks: /dev/ubda 128 MiB, blank.
 func TestBowCommit(t *testing.T) {
+	parallel(t)
 	if !InGuest(t, Config{Disks: []Disk{{Size: 128 << 20}}}) {
 		return
 	}
@@ -463,6 +465,7 @@ func TestBowCommit(t *testing.T) {
 // gives back every block the filesystem used at the checkpoint.
 // Guest disks: /dev/ubda and /dev/ubdb, 128 MiB, blank.
 func TestBowKill(t *testing.T) {
+	parallel(t)
 	if !InGuest(t, Config{Disks: []Disk{{Size: 128 << 20}, {Size: 128 << 20}}}) {
 		return
 	}
@@ -568,6 +571,7 @@ func bowStorm(t *testing.T, disk, nbd string, kill bool) {
 // and counts errors, and the checkpoint restores exactly.
 // Guest disks: /dev/ubda 64 MiB, blank.
 func TestBowFull(t *testing.T) {
+	parallel(t)
 	if !InGuest(t, Config{Disks: []Disk{{Size: 64 << 20}}}) {
 		return
 	}
@@ -726,6 +730,7 @@ func (img checkpointImage) diff(t testing.TB, dev string) (used, bad int64, firs
 // guest and checks it ends with BOW DEMO OK. Guest disks: /dev/ubda
 // 128 MiB, blank.
 func TestBowDemo(t *testing.T) {
+	parallel(t)
 	if guest() {
 		t.Fatal("TestBowDemo runs demo/bow.sh, not a Go test body, in the guest")
 	}

@@ -86,6 +86,7 @@ type csRow struct {
 // N of them data; the one whose store is a chunk smaller takes N-1 and fails
 // at the N-th (it is invalidated, or overflows).
 func TestCowSizeExact(t *testing.T) {
+	parallel(t)
 	if !InGuest(t, Config{Disks: csDisks(t)}) {
 		return
 	}

@@ -22,7 +22,13 @@ import (
 // by signal (the crash-test hook kills with SIGKILL).
 func snapctlEnv(t testing.TB, env []string, args ...string) (out string, killed bool, code int) {
 	t.Helper()
-	cmd := exec.Command(snapctlBin, args...)
+	return binEnv(t, snapctlBin, env, args...)
+}
+
+// binEnv is snapctlEnv with the snapctl binary to run.
+func binEnv(t testing.TB, bin string, env []string, args ...string) (out string, killed bool, code int) {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
 	cmd.Env = append(os.Environ(), env...)
 	b, err := cmd.CombinedOutput()
 	if err != nil {
@@ -97,16 +103,24 @@ func storeFS(t testing.TB, fs string) string {
 // prepare, commit and rollback, in both modes, runs `snapctl activate`, and
 // checks the volume ends in one of the two valid states with the data of
 // that state: prepare is undone (origin unchanged), commit and rollback are
-// finished (origin = new data, or = the prepare-time data).
+// finished (origin = new data, or = the prepare-time data). Each case must
+// have been killed at every step its completing run announced, and at one
+// at least.
 func TestCrashPoints(t *testing.T) {
+	parallel(t)
 	if !InGuest(t, Config{Disks: []Disk{{Size: 32 << 20}, {Size: 128 << 20}}}) {
 		return
 	}
 	mnt := storeFS(t, "ext4")
 	type outcome struct{ op, mode string }
 	var table []string
+	total := 0
 	for _, c := range []outcome{{"prepare", "checkpoint"}, {"prepare", "update"}, {"commit", "checkpoint"}, {"rollback", "checkpoint"}, {"commit", "update"}, {"rollback", "update"}} {
+		kills := 0
 		for k := 1; ; k++ {
+			if k > 40 {
+				t.Fatalf("%s %s: still killed at step 40; the loop does not end", c.mode, c.op)
+			}
 			v := newVolume(t, "vol")
 			store := filepath.Join(mnt, fmt.Sprintf("store-%s-%s-%d", c.op, c.mode, k))
 			v.must("attach", "vol", "--origin", ubd(0))
@@ -125,7 +139,11 @@ func TestCrashPoints(t *testing.T) {
 				changed = deviceSum(t, "/dev/mapper/vol")
 				out, killed, _ = snapctlEnv(t, crash, c.op, "vol", "--state-dir", v.state)
 			}
+			if steps := hookSteps(out); killed && len(steps) != k {
+				t.Fatalf("%s %s killed with SNAPCTL_TEST_CRASH_AFTER=%d after announcing %d steps:\n%s", c.mode, c.op, k, len(steps), out)
+			}
 			if killed {
+				kills++
 				v.must("activate", "--wait", "vol")
 			} else if !strings.Contains(out, "prepared") && !strings.Contains(out, "committed") && !strings.Contains(out, "rolled back") {
 				t.Fatalf("%s %s without a crash failed:\n%s", c.mode, c.op, out)
@@ -166,10 +184,18 @@ func TestCrashPoints(t *testing.T) {
 			}
 			v.must("detach", "vol")
 			if !killed {
+				// The completing run announced every step of the
+				// operation: each must have been a kill point.
+				if n := len(hookSteps(out)); n == 0 || kills != n {
+					t.Fatalf("%s %s: %d kill points covered, but the completing run announced %d steps (want as many, and at least 1)", c.mode, c.op, kills, n)
+				}
+				t.Logf("%s %s: %d kill points covered", c.mode, c.op, kills)
+				total += kills
 				break
 			}
 		}
 	}
+	t.Logf("%d kill points covered", total)
 	t.Logf("crash matrix:\n| mode | operation | killed at step | result | phase after |\n|---|---|---|---|---|\n%s", strings.Join(table, "\n"))
 }
 
@@ -178,6 +204,7 @@ func TestCrashPoints(t *testing.T) {
 // middle of the merge, boots again, runs `snapctl activate --wait`: the
 // origin ends byte-identical to its prepare-time image.
 func TestRebootMidMerge(t *testing.T) {
+	parallel(t)
 	dirEnv := "SNAPCTL_E2E_DIR"
 	switch os.Getenv(envPhase) {
 	case "1":
@@ -259,6 +286,7 @@ func rebootPhase2(t *testing.T, dir string) {
 // and by `monitor` (autoextend), with the store on xfs; then a rollback
 // restores the prepare-time image exactly.
 func TestGrow(t *testing.T) {
+	parallel(t)
 	// xfs refuses filesystems under 300 MB.
 	if !InGuest(t, Config{Disks: []Disk{{Size: 64 << 20}, {Size: 512 << 20}}}) {
 		return
@@ -308,6 +336,7 @@ func TestGrow(t *testing.T) {
 // TestStoreF2FS: the store on f2fs (pinned, so f2fs's cleaner never moves
 // its blocks) in update mode, committed.
 func TestStoreF2FS(t *testing.T) {
+	parallel(t)
 	if !InGuest(t, Config{Disks: []Disk{{Size: 32 << 20}, {Size: 256 << 20}}}) {
 		return
 	}
@@ -332,4 +361,81 @@ func TestStoreF2FS(t *testing.T) {
 		t.Fatal("after commit the origin differs from what was written into the snapshot")
 	}
 	v.must("detach", "sys")
+}
+
+// TestCrashHookRelease: the crash hook exists only in test builds. On the
+// host, the release binary (built as `make build` builds it) must not hold
+// the hook's variables or messages, and the tagged binary the suite runs
+// must. In the guest, the release binary runs attach, prepare, a write and
+// commit with SNAPCTL_TEST_CRASH_AFTER=1 and SNAPCTL_TEST_CRASH_AT set to a
+// step prepare reaches: each command must complete, saying nothing of the
+// hook, and the volume end committed with the changed data. The tagged
+// binary, under each variable alone, must be killed in the same prepare (or
+// the test would prove nothing). Guest disks as for TestCrashPoints.
+func TestCrashHookRelease(t *testing.T) {
+	parallel(t)
+	if !guest() {
+		for _, b := range []struct {
+			bin  string
+			want bool
+		}{{releaseBin, false}, {snapctlBin, true}} {
+			img, err := os.ReadFile(b.bin)
+			must(t, err)
+			for _, s := range []string{"SNAPCTL_TEST_CRASH_AFTER", "SNAPCTL_TEST_CRASH_AT", "snapctl: test hook:"} {
+				if got := bytes.Contains(img, []byte(s)); got != b.want {
+					t.Errorf("%s holds %q: %v, want %v", filepath.Base(b.bin), s, got, b.want)
+				}
+			}
+		}
+	}
+	if !InGuest(t, Config{Disks: []Disk{{Size: 32 << 20}, {Size: 128 << 20}}}) {
+		return
+	}
+	mnt := storeFS(t, "ext4")
+	const step = "prepare:cow"
+	env := []string{"SNAPCTL_TEST_CRASH_AFTER=1", "SNAPCTL_TEST_CRASH_AT=" + step}
+	v := newVolume(t, "vol")
+	rel := func(args ...string) {
+		t.Helper()
+		out, killed, code := binEnv(t, releaseBin, env, append(args, "--state-dir", v.state)...)
+		t.Logf("$ %s snapctl-release %s  (exit %d, killed %v)\n%s", strings.Join(env, " "), strings.Join(args, " "), code, killed, out)
+		if killed || code != 0 || strings.Contains(out, "test hook") {
+			t.Fatalf("the release binary with %v: snapctl %s: killed %v, exit %d, want it to complete and say nothing of the hook:\n%s", env, strings.Join(args, " "), killed, code, out)
+		}
+	}
+	store := filepath.Join(mnt, "store")
+	prep := []string{"prepare", "vol", "--store", store, "--size", "16M"}
+	rel("attach", "vol", "--origin", ubd(0))
+	fill(t, "/dev/mapper/vol", 7)
+	rel(prep...)
+	if s := v.status(); s.Phase != "prepared" {
+		t.Fatalf("after the release binary's prepare: phase %s, want prepared", s.Phase)
+	}
+	scatter(t, "/dev/mapper/vol", 300, 7)
+	changed := deviceSum(t, "/dev/mapper/vol")
+	rel("commit", "vol")
+	if s := v.status(); s.Phase != "attached" || deviceSum(t, "/dev/mapper/vol") != changed {
+		t.Fatalf("after the release binary's commit: phase %s, the data changed: %v; want attached with the changed data", s.Phase, deviceSum(t, "/dev/mapper/vol") == changed)
+	}
+	if _, err := os.Stat(store); !os.IsNotExist(err) {
+		t.Fatalf("store file left after the release binary's commit (%v)", err)
+	}
+
+	// The same prepare with the tagged binary, under each variable alone.
+	for _, c := range []struct {
+		env, at string
+		n       int
+	}{{env[0], "", 1}, {env[1], step, 0}} {
+		out, killed, code := snapctlEnv(t, []string{c.env}, append(prep, "--state-dir", v.state)...)
+		t.Logf("$ %s snapctl %s  (exit %d, killed %v)\n%s", c.env, strings.Join(prep, " "), code, killed, out)
+		m := hookKilledLine.FindStringSubmatch(out)
+		if !killed || m == nil || (c.at != "" && m[2] != c.at) || (c.n != 0 && m[1] != fmt.Sprint(c.n)) {
+			t.Fatalf("the tagged binary with %s: killed %v, kill line %q; want killed by the hook there:\n%s", c.env, killed, m, out)
+		}
+		v.must("activate", "--wait", "vol")
+		if s := v.status(); s.Phase != "attached" || deviceSum(t, "/dev/mapper/vol") != changed {
+			t.Fatalf("after the killed prepare and activate: phase %s; want attached with the data as before", s.Phase)
+		}
+	}
+	v.must("detach", "vol")
 }

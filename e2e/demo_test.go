@@ -17,6 +17,7 @@ var demoFlag = flag.Bool("demo", false, "print the demo session (make demo)")
 // checks it ends with DEMO OK. `make demo` runs it with -demo, which prints
 // the session. Guest disks: /dev/ubda 256 MiB, blank.
 func TestDemo(t *testing.T) {
+	parallel(t)
 	if guest() {
 		t.Fatal("TestDemo runs demo/demo.sh, not a Go test body, in the guest")
 	}

@@ -135,6 +135,7 @@ func sameTable(t *testing.T, what string, got, want dmtable.Table) {
 // TestDMTargets prints `snapctl targets` (kernel and DM driver version) and
 // checks it lists the four targets snapctl uses, agreeing with dmsetup.
 func TestDMTargets(t *testing.T) {
+	parallel(t)
 	if !InGuest(t, Config{Disks: []Disk{{Size: 64 << 20}}}) {
 		return
 	}
@@ -204,6 +205,7 @@ func TestDMTargets(t *testing.T) {
 // every step against the kernel: info flags, table read back, status, data
 // landing at the right raw offset, suspend/resume, reload, remove.
 func TestDMLinear(t *testing.T) {
+	parallel(t)
 	if !InGuest(t, Config{Disks: []Disk{{Size: 64 << 20}}}) {
 		return
 	}
@@ -333,6 +335,7 @@ func TestDMLinear(t *testing.T) {
 // scattered over the disk in a known permutation, writes through it at many
 // offsets and finds every byte at its raw offset.
 func TestDM1000Segments(t *testing.T) {
+	parallel(t)
 	if !InGuest(t, Config{Disks: []Disk{{Size: 64 << 20}}}) {
 		return
 	}
@@ -426,6 +429,7 @@ func TestDM1000Segments(t *testing.T) {
 // DESIGN.md section 2, checks that an origin write becomes an allocated
 // chunk while the snapshot keeps the old data, and takes it down again.
 func TestDMSnapshotPair(t *testing.T) {
+	parallel(t)
 	if !InGuest(t, Config{Disks: []Disk{{Size: 64 << 20}, {Size: 16 << 20}}}) {
 		return
 	}
@@ -555,6 +559,7 @@ func TestDMSnapshotPair(t *testing.T) {
 // TestDMBadInput feeds the kernel client bad input on the real kernel: each
 // case fails with a clear, typed error and changes nothing.
 func TestDMBadInput(t *testing.T) {
+	parallel(t)
 	if !InGuest(t, Config{Disks: []Disk{{Size: 64 << 20}}}) {
 		return
 	}

@@ -295,6 +295,7 @@ func fmStoreReadBack(t *testing.T, fstype string, vol func(sectors uint64) dmtab
 }
 
 func TestFiemapExt4(t *testing.T) {
+	parallel(t)
 	if !InGuest(t, Config{Disks: []Disk{{Size: 256 << 20}}}) {
 		return
 	}
@@ -304,6 +305,7 @@ func TestFiemapExt4(t *testing.T) {
 }
 
 func TestFiemapXFS(t *testing.T) {
+	parallel(t)
 	if !InGuest(t, Config{Disks: []Disk{{Size: 512 << 20}}}) {
 		return
 	}
@@ -325,6 +327,7 @@ func TestFiemapXFS(t *testing.T) {
 }
 
 func TestFiemapF2FS(t *testing.T) {
+	parallel(t)
 	if !InGuest(t, Config{Disks: []Disk{{Size: 256 << 20}}}) {
 		return
 	}
@@ -335,6 +338,7 @@ func TestFiemapF2FS(t *testing.T) {
 }
 
 func TestFiemapDirectMount(t *testing.T) {
+	parallel(t)
 	if !InGuest(t, Config{Disks: []Disk{{Size: 16 << 20}, {Size: 64 << 20}}}) {
 		return
 	}

@@ -7,9 +7,28 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"regexp"
 	"strings"
 	"testing"
 )
+
+// parallel lets a functional test run beside the others: every top-level
+// e2e test calls it first thing, except the benchmarks (a test whose
+// result is a time or a ratio of times), which must not share the CPU with
+// another guest. `make e2e` runs the functional tests two guests at a time
+// (-parallel 2) and then the benchmarks alone, one at a time: they are
+// listed in the Makefile's E2E_BENCH, and TestSchedule fails when a test
+// is in neither group or in both. Inside a guest a test runs alone and
+// parallel does nothing.
+//
+// A test that calls parallel must not use t.Setenv or os.Chdir on the
+// host, nor write to a fixed host path.
+func parallel(t *testing.T) {
+	t.Helper()
+	if !guest() {
+		t.Parallel()
+	}
+}
 
 // ubd is the guest path of the i-th disk of the machine.
 func ubd(i int) string { return "/dev/ubd" + string(rune('a'+i)) }
@@ -52,6 +71,23 @@ func mustSnapctl(t testing.TB, args ...string) string {
 		t.Fatalf("snapctl %s: exit %d\n%s", strings.Join(args, " "), code, errOut)
 	}
 	return out
+}
+
+// The crash hook's lines on stderr (internal/crashhook): each step a
+// tagged snapctl reaches while SNAPCTL_TEST_CRASH_AFTER or _AT is set, and
+// the step it kills itself at.
+var (
+	hookStepLine   = regexp.MustCompile(`(?m)^snapctl: test hook: step (\d+): (.*)$`)
+	hookKilledLine = regexp.MustCompile(`(?m)^snapctl: test hook: killed at step (\d+) \((.*)\)$`)
+)
+
+// hookSteps lists the steps a snapctl run announced, in order.
+func hookSteps(out string) []string {
+	var steps []string
+	for _, m := range hookStepLine.FindAllStringSubmatch(out, -1) {
+		steps = append(steps, m[2])
+	}
+	return steps
 }
 
 // writeAt writes data to a device at a byte offset and syncs it.

@@ -197,6 +197,7 @@ func ieDisks() []Disk { return []Disk{{Size: 16 << 20}, {Size: 128 << 20}, {Size
 //     refused with exit 4; the other verb (drop) ends the volume cleanly
 //     with the right data.
 func TestIOErrorStore(t *testing.T) {
+	parallel(t)
 	if !relInGuest(t, Config{Disks: ieDisks()}) {
 		return
 	}
@@ -353,6 +354,7 @@ func TestIOErrorStore(t *testing.T) {
 //   - origin writes failing during the offline merge: a clear error, the
 //     progress kept, and a rerun after the errors stop gives the exact image.
 func TestIOErrorOrigin(t *testing.T) {
+	parallel(t)
 	if !relInGuest(t, Config{Disks: ieDisks()}) {
 		return
 	}
@@ -580,6 +582,7 @@ func TestIOErrorOrigin(t *testing.T) {
 // TestIOErrorBow: the device under a bow checkpoint fails writes while the
 // checkpoint is written to, and while it is restored.
 func TestIOErrorBow(t *testing.T) {
+	parallel(t)
 	if !relInGuest(t, Config{Disks: []Disk{{Size: 32 << 20}}}) {
 		return
 	}

@@ -213,6 +213,7 @@ func devicesOf(t testing.TB, prefix string) []string {
 // and e2fsck is clean. Then prepare again, change, commit (mounted): the
 // changes stay, the store file is gone, no helper devices remain.
 func TestLifecycleCheckpoint(t *testing.T) {
+	parallel(t)
 	if !InGuest(t, Config{Disks: []Disk{{Size: 256 << 20}}}) {
 		return
 	}
@@ -259,7 +260,6 @@ func TestLifecycleCheckpoint(t *testing.T) {
 	}
 
 	// Commit keeps the changes, with the filesystem mounted.
-	before = tree(t, mnt)
 	v.must("prepare", "data", "--store", store, "--size", "64M")
 	change(t, mnt)
 	after := tree(t, mnt, ".snapctl-store")
@@ -317,6 +317,7 @@ func makeImages(t testing.TB) (a, b string) {
 // /dev/mapper/NAME; commit: the raw origin is byte-identical to B. Again
 // with rollback: byte-identical to A.
 func TestLifecycleUpdate(t *testing.T) {
+	parallel(t)
 	if !InGuest(t, Config{Disks: []Disk{{Size: 64 << 20}, {Size: 256 << 20}}}) {
 		return
 	}

@@ -16,6 +16,7 @@ import (
 // re-attached), and a rollback restores the origin exactly.
 // Guest disks: /dev/ubda 32 MiB origin; /dev/ubdb 128 MiB ext4, mounted directly.
 func TestLoopBackend(t *testing.T) {
+	parallel(t)
 	if !InGuest(t, Config{Disks: []Disk{{Size: 32 << 20}, {Size: 128 << 20}}}) {
 		return
 	}

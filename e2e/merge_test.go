@@ -96,7 +96,7 @@ type mgSpec struct {
 	scattered int   // chunks written one at a time (every 4th only partly)
 	runs      int   // runs of consecutive chunks, each written as one request
 	runLen    int   // chunks per run
-	full      bool  // the store is exactly Layout.MinChunks(N) chunks
+	full      bool  // the store is exactly cowsize.ForChunks(N) chunks
 }
 
 func (s mgSpec) n() uint64 { return uint64(s.scattered + s.runs*s.runLen) }
@@ -106,11 +106,13 @@ func (s mgSpec) layout() merge.Layout { return merge.Layout{ChunkSize: uint32(s.
 // storeBytes is the size of the store device: exactly the smallest store
 // that holds N exceptions when full, else that and some slack.
 func (s mgSpec) storeBytes(t testing.TB) int64 {
-	c := s.layout().MinChunks(s.n())
+	// The layout's next data chunk after N exceptions is where the smallest
+	// store for N ends: a cross-check of the size formula.
+	c := s.layout().DataChunk(s.n())
 	size, err := cowsize.ForChunks(s.n(), uint32(s.chunk))
 	must(t, err)
 	if size.Bytes != c*uint64(s.chunk) {
-		t.Fatalf("cowsize.ForChunks(%d, %d) = %d bytes, merge.Layout.MinChunks = %d chunks (%d bytes): they disagree",
+		t.Fatalf("cowsize.ForChunks(%d, %d) = %d bytes, merge.Layout.DataChunk = %d (%d bytes): they disagree",
 			s.n(), s.chunk, size.Bytes, c, c*uint64(s.chunk))
 	}
 	if !s.full {
@@ -175,7 +177,7 @@ func mgBuild(t *testing.T, spec mgSpec, originDisk, cowDisk string, seed uint64)
 		t.Fatalf("%s: snapshot status %q: %d data sectors, want %d (%d chunks)", spec.name, line, got, want, spec.n())
 	}
 	if spec.full && st.Allocated != st.Total {
-		t.Fatalf("%s: snapshot status %q: the store of exactly MinChunks(%d) chunks is not completely allocated", spec.name, line, spec.n())
+		t.Fatalf("%s: snapshot status %q: the store of exactly cowsize.ForChunks(%d) chunks is not completely allocated", spec.name, line, spec.n())
 	}
 	t.Logf("%s: wrote %d chunks through the origin in %v; snapshot status %q (store %d bytes)",
 		spec.name, spec.n(), time.Since(start).Round(time.Millisecond), line, b.storeBytes)
@@ -499,6 +501,7 @@ func mgChunkFlag(b int64) string { return fmt.Sprintf("%dK", b>>10) }
 // origins must equal the prepare-time image; the offline merge must leave
 // the store invalid, and a rerun must report it already done.
 func TestMergeKernelVsOffline(t *testing.T) {
+	parallel(t)
 	if !InGuest(t, Config{Disks: mgDisks(t, 256<<20, 160<<20), Timeout: 10 * time.Minute}) {
 		return
 	}
@@ -532,9 +535,9 @@ func TestMergeKernelVsOffline(t *testing.T) {
 			if !in.Valid || in.Fresh || in.ChunkBytes != spec.chunk || in.Exceptions != int(spec.n()) {
 				t.Fatalf("inspect-cow of the kernel's store: got %+v, want valid, %d-byte chunks, %d exceptions", in, spec.chunk, spec.n())
 			}
-			if spec.full && (in.UsedChunks != in.Chunks || in.Chunks != spec.layout().MinChunks(spec.n())) {
-				t.Fatalf("inspect-cow of the exactly full store: used %d of %d chunks, want all of MinChunks(%d) = %d",
-					in.UsedChunks, in.Chunks, spec.n(), spec.layout().MinChunks(spec.n()))
+			if spec.full && (in.UsedChunks != in.Chunks || in.Chunks != spec.layout().DataChunk(spec.n())) {
+				t.Fatalf("inspect-cow of the exactly full store: used %d of %d chunks, want all of cowsize.ForChunks(%d) = %d",
+					in.UsedChunks, in.Chunks, spec.n(), spec.layout().DataChunk(spec.n()))
 			}
 
 			// (a) the kernel, on the A pair in place.
@@ -585,6 +588,7 @@ func TestMergeKernelVsOffline(t *testing.T) {
 // changes) is big enough that a run takes about a second and passes one
 // progress checkpoint (every 256 MiB), so some reruns resume.
 func TestMergeKill(t *testing.T) {
+	parallel(t)
 	spec := mgSpec{name: "kill-64K", chunk: 64 << 10, origin: 512 << 20, scattered: 4872, runs: 8, runLen: 16}
 	storeBytes := spec.storeBytes(t)
 	if !InGuest(t, Config{Disks: mgDisks(t, spec.origin, storeBytes, spec.origin, storeBytes), Timeout: 10 * time.Minute}) {
@@ -765,6 +769,7 @@ func mgRunKilled(t testing.TB, args []string, pf string, kill mgKill) (bool, str
 // the store are left byte for byte as they were and no progress record is
 // made. The undamaged store they are made from merges correctly.
 func TestMergeCorrupt(t *testing.T) {
+	parallel(t)
 	if !InGuest(t, Config{Disks: mgDisks(t, 1<<20)}) {
 		return
 	}
@@ -784,7 +789,7 @@ func TestMergeCorrupt(t *testing.T) {
 	for i, c := range rng.Perm(originBytes / chunk)[:n] {
 		good[i] = merge.Exception{Old: uint64(c), New: l.DataChunk(uint64(i))}
 	}
-	storeChunks := l.MinChunks(n) + 4
+	storeChunks := l.DataChunk(n) + 4 // the smallest store for n, and 4 chunks more
 	header := merge.Header{Magic: merge.Magic, Valid: true, Version: merge.Version, ChunkSize: l.ChunkSize}
 	data := pattern(12, int(storeChunks)*chunk)
 
@@ -898,6 +903,7 @@ func TestMergeCorrupt(t *testing.T) {
 // change files, unmount, deactivate, `snapctl merge NAME --offline`,
 // activate: every file is back, e2fsck is clean, the store file goes away.
 func TestMergeCheckpointVolume(t *testing.T) {
+	parallel(t)
 	if !InGuest(t, Config{Disks: mgDisks(t, 256<<20)}) {
 		return
 	}

@@ -40,6 +40,7 @@ const pcBlocks = 64
 //     with O_DIRECT, which drops the pages it overwrites, so this case
 //     guards against a copy by any other path.
 func TestPageCache(t *testing.T) {
+	parallel(t)
 	if !InGuest(t, Config{Disks: []Disk{{Size: 32 << 20}, {Size: 128 << 20}}}) {
 		return
 	}

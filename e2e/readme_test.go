@@ -28,7 +28,11 @@ import (
 // as root, with snapctl on PATH, the state directory in /run, a tmpfs on
 // /tmp as the working directory, and its disks and hidden setup taken from
 // readmeSessions. A command that exits non-zero fails the test unless the
-// next command is `echo $?`, which shows the code.
+// next command is `echo $?`, which shows the code. A command `reboot` shuts
+// the guest down (file systems unmounted, device-mapper devices removed,
+// snapctl not asked) and boots it again on the same disks; the commands
+// after it run in the new boot, with the state directory and the working
+// directory kept on the host.
 //
 // Run with SNAPCTL_README_UPDATE=1 to write the real output into README.md
 // (a command whose README output still matches, after normalization, is
@@ -42,8 +46,10 @@ import (
 //	            /dev/ubdb 128 MiB, blank (the data partition);
 //	            /dev/ubdc 64 MiB, system v2: v1 with readmeV2Blocks
 //	            4 KiB blocks (runs of 5) changed in 64 bytes each.
+//	ota:        as update (across reboots: `reboot` in a session).
 //	bow:        /dev/ubda 256 MiB, blank (served as /dev/nbd0).
 func TestReadme(t *testing.T) {
+	parallel(t)
 	if guest() {
 		t.Fatal("TestReadme runs shell scripts, not a Go test body, in the guest")
 	}
@@ -134,25 +140,34 @@ var readmeSessions = map[string]readmeSession{
 		teardown: "umount /mnt\nsnapctl detach data",
 	},
 	"update": {
-		disks: []Disk{{Size: 64 << 20}, {Size: 128 << 20}, {Size: 64 << 20}},
-		images: func(t *testing.T, m *Machine) {
-			v1 := pattern(1, 64<<20)
-			must(t, os.WriteFile(m.DiskPath(0), v1, 0o644))
-			v2 := v1 // v1 is on its disk: reuse the buffer
-			change := pattern(2, 64*readmeV2Blocks)
-			for i := range readmeV2Blocks {
-				// Runs of 5 blocks, 800 blocks apart.
-				off := (i/5*800 + i%5) * 4096
-				copy(v2[off+512:], change[i*64:(i+1)*64])
-			}
-			must(t, os.WriteFile(m.DiskPath(2), v2, 0o644))
-		},
+		disks:    []Disk{{Size: 64 << 20}, {Size: 128 << 20}, {Size: 64 << 20}},
+		images:   readmeUpdateImages,
 		teardown: "umount /mnt\nsnapctl detach userdata",
+	},
+	"ota": {
+		disks:    []Disk{{Size: 64 << 20}, {Size: 128 << 20}, {Size: 64 << 20}},
+		images:   readmeUpdateImages,
+		teardown: "umount /mnt\nsnapctl detach system\nsnapctl detach userdata",
 	},
 	"bow": {
 		disks:    []Disk{{Size: 256 << 20}},
 		teardown: "umount /mnt",
 	},
+}
+
+// readmeUpdateImages writes system v1 on the first disk and v2 on the third
+// (the update and ota sessions).
+func readmeUpdateImages(t *testing.T, m *Machine) {
+	v1 := pattern(1, 64<<20)
+	must(t, os.WriteFile(m.DiskPath(0), v1, 0o644))
+	v2 := v1 // v1 is on its disk: reuse the buffer
+	change := pattern(2, 64*readmeV2Blocks)
+	for i := range readmeV2Blocks {
+		// Runs of 5 blocks, 800 blocks apart.
+		off := (i/5*800 + i%5) * 4096
+		copy(v2[off+512:], change[i*64:(i+1)*64])
+	}
+	must(t, os.WriteFile(m.DiskPath(2), v2, 0o644))
 }
 
 // sessionBlock is one session of the README: the fenced block's content is
@@ -243,60 +258,102 @@ type stepResult struct {
 }
 
 // runSession boots a guest, runs the session's commands and returns what
-// each printed; nil if the test failed.
+// each printed; nil if the test failed. A command `reboot` ends a boot the
+// way a shutdown does (every ext4 and xfs filesystem unmounted, every
+// device-mapper device removed, snapctl not asked) and the commands after
+// it run in the next boot of the same machine; the state directory and the
+// working directory of such a session are kept on the host, as a root
+// filesystem would keep them.
 func runSession(t *testing.T, s readmeSession, b sessionBlock) []stepResult {
 	t.Helper()
 	dir := t.TempDir()
-	outPath := filepath.Join(dir, "session.out")
-	var sc strings.Builder
-	sc.WriteString("exec 3>" + shellQuote(outPath) + "\n")
-	sc.WriteString("set -eu\n")
-	sc.WriteString("mkdir -p /run/readme/bin /run/readme/state\n")
-	sc.WriteString(`cp "$SNAPCTL_BIN" /run/readme/bin/snapctl` + "\n")
-	sc.WriteString("export PATH=/run/readme/bin:$PATH SNAPCTL_STATE_DIR=/run/readme/state\n")
-	if s.setup != "" {
-		sc.WriteString(s.setup + "\n")
-	}
-	// The host's /tmp holds this script and the output file (both open
-	// now); the session's files go to the guest's own /tmp.
-	sc.WriteString("mount -t tmpfs tmp /tmp\ncd /tmp\nset +eu\n")
-	sc.WriteString("exec 4>&1 5>&2 >&3 2>&1\n")
+	var boots [][]sessionStep
+	cur := []sessionStep{}
 	for _, st := range b.steps {
-		sc.WriteString(st.cmd + "\n")
-		sc.WriteString(`readme_status=$?; printf '\036%d\n' "$readme_status"; (exit "$readme_status")` + "\n")
+		cur = append(cur, st)
+		if st.cmd == "reboot" {
+			boots = append(boots, cur)
+			cur = []sessionStep{}
+		}
 	}
-	sc.WriteString("exec >&4 2>&5 3>&-\nset -eu\ncd /\n")
-	if s.teardown != "" {
-		sc.WriteString(s.teardown + "\n")
+	boots = append(boots, cur)
+	persist := len(boots) > 1
+	stateDir, workDir := "/run/readme/state", ""
+	if persist {
+		stateDir, workDir = filepath.Join(dir, "state"), filepath.Join(dir, "work")
+		must(t, os.MkdirAll(workDir, 0o755))
 	}
-	sc.WriteString("umount /tmp\n") // the harness writes the status file there
-	sc.WriteString(`left=$(ls /sys/block | grep '^dm-' || true)
+	var scripts, outs []string
+	for i, steps := range boots {
+		outPath := filepath.Join(dir, fmt.Sprintf("session%d.out", i))
+		var sc strings.Builder
+		sc.WriteString("exec 3>" + shellQuote(outPath) + "\n")
+		sc.WriteString("set -eu\n")
+		sc.WriteString("mkdir -p /run/readme/bin " + shellQuote(stateDir) + "\n")
+		sc.WriteString(`cp "$SNAPCTL_BIN" /run/readme/bin/snapctl` + "\n")
+		sc.WriteString("export PATH=/run/readme/bin:$PATH SNAPCTL_STATE_DIR=" + shellQuote(stateDir) + "\n")
+		if s.setup != "" && i == 0 {
+			sc.WriteString(s.setup + "\n")
+		}
+		// The host's /tmp holds this script and the output file (both open
+		// now); the session's files go to the guest's own /tmp, or, across
+		// reboots, to a directory on the host mounted there.
+		if persist {
+			sc.WriteString("mount --bind " + shellQuote(workDir) + " /tmp\ncd /tmp\nset +eu\n")
+		} else {
+			sc.WriteString("mount -t tmpfs tmp /tmp\ncd /tmp\nset +eu\n")
+		}
+		sc.WriteString("exec 4>&1 5>&2 >&3 2>&1\n")
+		for _, st := range steps {
+			if st.cmd == "reboot" {
+				sc.WriteString(`printf '\036%d\n' 0` + "\n")
+				continue
+			}
+			sc.WriteString(st.cmd + "\n")
+			sc.WriteString(`readme_status=$?; printf '\036%d\n' "$readme_status"; (exit "$readme_status")` + "\n")
+		}
+		sc.WriteString("exec >&4 2>&5 3>&-\nset -eu\ncd /\n")
+		if i < len(boots)-1 {
+			sc.WriteString("umount -a -t ext4,xfs\ndmsetup remove_all\n")
+		} else if s.teardown != "" {
+			sc.WriteString(s.teardown + "\n")
+		}
+		sc.WriteString("umount /tmp\n") // the harness writes the status file there
+		sc.WriteString(`left=$(ls /sys/block | grep '^dm-' || true)
 if [ -n "$left" ]; then echo "readme: device-mapper devices left behind: $(cat /sys/block/dm-*/dm/name | tr '\n' ' ')"; exit 1; fi
 `)
-	script := filepath.Join(dir, "session.sh")
-	must(t, os.WriteFile(script, []byte(sc.String()), 0o644))
+		script := filepath.Join(dir, fmt.Sprintf("session%d.sh", i))
+		must(t, os.WriteFile(script, []byte(sc.String()), 0o644))
+		scripts, outs = append(scripts, script), append(outs, outPath)
+	}
 
-	boot := func() (*Machine, Result) {
-		m := NewMachine(t, Config{Disks: s.disks, Timeout: 3 * time.Minute})
-		if s.images != nil {
-			s.images(t, m)
+	var out []byte
+	m := NewMachine(t, Config{Disks: s.disks, Timeout: 3 * time.Minute})
+	if s.images != nil {
+		s.images(t, m)
+	}
+	for i, script := range scripts {
+		os.Remove(outs[i])
+		r := m.Run(t, RunOptions{Argv: []string{"/bin/sh", script}})
+		if r.TimedOut && !persist {
+			// The UML idle-loop wedge (see InGuest): boot once more.
+			t.Logf("RETRY: the guest did not finish in time; booting the session once more on fresh disks")
+			m = NewMachine(t, Config{Disks: s.disks, Timeout: 3 * time.Minute})
+			if s.images != nil {
+				s.images(t, m)
+			}
+			os.Remove(outs[i])
+			r = m.Run(t, RunOptions{Argv: []string{"/bin/sh", script}})
 		}
-		os.Remove(outPath)
-		return m, m.Run(t, RunOptions{Argv: []string{"/bin/sh", script}})
+		t.Logf("session %q: boot %d and its commands took %v", b.name, i, r.Elapsed.Round(time.Millisecond))
+		if r.Status != 0 {
+			t.Fatalf("session %q: the guest script of boot %d failed (status %d; setup, teardown or a leaked device):\n%s",
+				b.name, i, r.Status, tail(r.Output, 60))
+		}
+		o, err := os.ReadFile(outs[i])
+		must(t, err)
+		out = append(out, o...)
 	}
-	_, r := boot()
-	if r.TimedOut {
-		// The UML idle-loop wedge (see InGuest): boot once more.
-		t.Logf("RETRY: the guest did not finish in time; booting the session once more on fresh disks")
-		_, r = boot()
-	}
-	t.Logf("session %q: guest boot and commands took %v", b.name, r.Elapsed.Round(time.Millisecond))
-	if r.Status != 0 {
-		t.Fatalf("session %q: the guest script failed (status %d; setup, teardown or a leaked device):\n%s",
-			b.name, r.Status, tail(r.Output, 60))
-	}
-	out, err := os.ReadFile(outPath)
-	must(t, err)
 	got, err := splitSessionOutput(string(out), len(b.steps))
 	if err != nil {
 		t.Fatalf("session %q: %v\n%s", b.name, err, out)
@@ -396,6 +453,7 @@ func readmeNormProgress(l []string) []string {
 
 // TestReadmeParse checks the session format on the host (no guest).
 func TestReadmeParse(t *testing.T) {
+	parallel(t)
 	fence := "```"
 	tests := []struct {
 		name    string
@@ -445,6 +503,7 @@ func TestReadmeParse(t *testing.T) {
 
 // TestReadmeCompare checks the comparison and the rewritten block.
 func TestReadmeCompare(t *testing.T) {
+	parallel(t)
 	b := sessionBlock{steps: []sessionStep{
 		{lines: []string{"$ a  # note"}, cmd: "a", output: []string{"x", "merging v: 50% (1 of 2 MiB, 9.0 MB/s)", "merging v: 100% (400 of 400 KiB, 4.0 MB/s)", "done"}},
 		{lines: []string{"$ b"}, cmd: "b", output: []string{"old"}},

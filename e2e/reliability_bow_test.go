@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -37,14 +36,16 @@ import (
 //	                  (two log blocks, WOB marks needed), copied to
 //	                  /dev/shm and put back before each k
 func TestReliabilityKillBow(t *testing.T) {
+	parallel(t)
 	if !relInGuest(t, Config{Disks: []Disk{{Size: 32 << 20}, {Size: 32 << 20}, {Size: 32 << 20}}}) {
 		return
 	}
 	bk := &bowKill{t: t, tab: newRelTable(t, "bowkill",
 		"Kill matrix of bow checkpoint, commit and restore (TestReliabilityKillBow)", bkCols...)}
 	ncp := bk.checkpoints(ubd(0))
-	bk.commits(ubd(1), ncp)
-	bk.restores(ubd(2))
+	nc := bk.commits(ubd(1), ncp)
+	nr := bk.restores(ubd(2))
+	t.Logf("%d kill points covered: %d of bow checkpoint, %d of bow commit, %d of bow restore", ncp+nc+nr, ncp, nc, nr)
 }
 
 var bkCols = []string{"operation", "killed at step", "device after the kill", "recovery", "outcome", "data after"}
@@ -103,17 +104,6 @@ func (bk *bowKill) serve(dev, state string, k int) (srv *bowServer, code int, ou
 	}
 }
 
-var bkStepLine = regexp.MustCompile(`(?m)^snapctl: test hook: bow step (\d+): (.*)$`)
-
-// bkSteps lists the steps a process announced, in order.
-func bkSteps(out string) []string {
-	var steps []string
-	for _, m := range bkStepLine.FindAllStringSubmatch(out, -1) {
-		steps = append(steps, m[2])
-	}
-	return steps
-}
-
 // control runs a control operation on a server armed to be killed and
 // reports whether the hook killed it (and at which step).
 func (bk *bowKill) control(s *bowServer, op string, k int) (killed bool, step string) {
@@ -129,8 +119,8 @@ func (bk *bowKill) control(s *bowServer, op string, k int) (killed bool, step st
 		s.hung(fmt.Sprintf("snapctl bow %s failed (exit %d) and the server is still there 30 s later: %s", op, code, errOut))
 	}
 	out := s.out.String()
-	steps := bkSteps(out)
-	if !strings.Contains(out, fmt.Sprintf("killed after bow step %d\n", k)) || len(steps) != k {
+	steps := hookSteps(out)
+	if m := hookKilledLine.FindStringSubmatch(out); m == nil || m[1] != strconv.Itoa(k) || len(steps) != k {
 		t.Fatalf("snapctl bow %s: exit %d and the server ended (%v), but not by the crash hook at step %d:\n%s\n%s", op, code, s.err, k, errOut, out)
 	}
 	return true, steps[k-1]
@@ -314,6 +304,11 @@ func (bk *bowKill) checkpoints(dev string) int {
 		if !killed {
 			// Completed: a clean stop and a restore give the image back.
 			srv.stop()
+			// Every step the completing run announced was a kill point.
+			if n := len(hookSteps(srv.out.String())); n == 0 || n != k-1 {
+				t.Fatalf("bow checkpoint: %d kill points covered, but the completing run announced %d steps (want as many, and at least 1)", k-1, n)
+			}
+			t.Logf("bow checkpoint: %d kill points covered", k-1)
 			mustSnapctl(t, "bow", "restore", dev)
 			data, ok := bkData(t, img, "pre-checkpoint image", dev)
 			defect := ""
@@ -330,10 +325,10 @@ func (bk *bowKill) checkpoints(dev string) int {
 }
 
 // commits kills the server before its commit (from outside, after the
-// changes), then `bow commit` at each of its steps until it completes.
-// ncp is the number of steps of the checkpoint the same server takes
-// first.
-func (bk *bowKill) commits(dev string, ncp int) {
+// changes), then `bow commit` at each of its steps until it completes, and
+// returns the number of those steps. ncp is the number of steps of the
+// checkpoint the same server takes first.
+func (bk *bowKill) commits(dev string, ncp int) int {
 	t := bk.t
 	setup := func(k int) (*bowServer, string, checkpointImage) {
 		srv, state, mnt := bk.fresh(dev, k, int64(100+k))
@@ -357,6 +352,10 @@ func (bk *bowKill) commits(dev string, ncp int) {
 		killed, step := bk.control(srv, "commit", k)
 		if !killed {
 			srv.stop()
+			if n := len(hookSteps(srv.out.String())); j == 1 || n != ncp+j-1 {
+				t.Fatalf("bow commit: %d kill points covered, but the completing server announced %d steps with the checkpoint's %d (want %d, and at least 1 of the commit)", j-1, n, ncp, ncp+j-1)
+			}
+			t.Logf("bow commit: %d kill points covered", j-1)
 			after, hasLog, _ := bk.inspect(dev)
 			data, ok := bkData(t, img, "changed image", dev)
 			defect := ""
@@ -368,7 +367,7 @@ func (bk *bowKill) commits(dev string, ncp int) {
 			}
 			bk.row("bow commit", fmt.Sprintf("%d (never reached: the commit completed after %s, the checkpoint's %d before it)", k, bkCount(j-1, "step", "steps"), ncp), after,
 				"none needed (the server stopped cleanly)", defect, data)
-			return
+			return j - 1
 		}
 		bk.afterServerKill("bow commit", fmt.Sprintf("%d (%s)", k, step), dev, state, img, "changed image",
 			[]string{"bow commit --offline"})
@@ -378,8 +377,9 @@ func (bk *bowKill) commits(dev string, ncp int) {
 // restores checkpoints dev once, changes it (WOB marks needed, two log
 // blocks), stops the server cleanly and keeps a copy;
 // then for a sample of the restore's steps it puts the copy back, kills
-// `bow restore` at the step and runs it again.
-func (bk *bowKill) restores(dev string) {
+// `bow restore` at the step and runs it again. It returns the number of
+// steps killed.
+func (bk *bowKill) restores(dev string) int {
 	t := bk.t
 	srv, state, mnt := bk.fresh(dev, 0, 200)
 	// Leave 8 MiB free at the checkpoint, and two files to rewrite.
@@ -421,7 +421,7 @@ func (bk *bowKill) restores(dev string) {
 
 	// Count the steps: a restore announcing them without a kill.
 	out, killed, code := snapctlEnv(t, []string{bkEnv + "=0"}, "bow", "restore", dev)
-	steps := bkSteps(out)
+	steps := hookSteps(out)
 	if killed || code != 0 || len(steps) < 10 {
 		t.Fatalf("bow restore with the hook counting: killed %v, exit %d, %d steps\n%s", killed, code, len(steps), out)
 	}
@@ -455,11 +455,14 @@ func (bk *bowKill) restores(dev string) {
 		}
 	}
 	sort.Ints(ks)
+	if len(ks) < 10 {
+		t.Fatalf("bow restore: a sample of %d kill points of its %d steps, want at least 10", len(ks), n)
+	}
 	probedBOW, probedWOB := false, false
 	for _, k := range ks {
 		putBack()
 		out, killed, code := snapctlEnv(t, []string{bkEnv + "=" + strconv.Itoa(k)}, "bow", "restore", dev)
-		got := bkSteps(out)
+		got := hookSteps(out)
 		if !killed || len(got) != k {
 			t.Fatalf("bow restore with SNAPCTL_TEST_CRASH_AFTER=%d: killed %v, exit %d, %d steps announced\n%s", k, killed, code, len(got), out)
 		}
@@ -494,6 +497,8 @@ func (bk *bowKill) restores(dev string) {
 	}
 	bk.row("bow restore", fmt.Sprintf("%d (never reached: the restore completed after %d steps)", n+1, n), "-", "none needed", "",
 		"the checkpoint image (checked after the counting run)")
+	t.Logf("bow restore: %d kill points covered (a sample of its %d steps)", len(ks), n)
+	return len(ks)
 }
 
 // probeInstead tries, on the device a killed restore left, what a user

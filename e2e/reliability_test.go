@@ -8,19 +8,19 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"github.com/snapctl/snapctl/dmtable"
 	"io"
 	"math/rand"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/snapctl/snapctl/dmtable"
 )
 
 // The reliability suite extends TestCrashPoints: snapctl is killed with
@@ -168,19 +168,17 @@ func (s relStatus) record() string {
 	return s.Phase + " / " + s.Step
 }
 
-var relKilledAt = regexp.MustCompile(`test hook: killed at step (?:\d+ \(([^)]+)\)|(\S+))`)
-
 // relRun runs snapctl with extra environment and reports the step the
 // crash hook killed it at ("" if it was not killed).
 func relRun(t testing.TB, env []string, args ...string) (out, step string, code int) {
 	t.Helper()
 	out, killed, code := snapctlEnv(t, env, args...)
 	if killed {
-		m := relKilledAt.FindStringSubmatch(out)
+		m := hookKilledLine.FindStringSubmatch(out)
 		if m == nil {
 			t.Fatalf("snapctl %s died of a signal, not at a crash point:\n%s", strings.Join(args, " "), out)
 		}
-		return out, m[1] + m[2], -1
+		return out, m[2], -1
 	}
 	return out, "", code
 }
@@ -221,10 +219,14 @@ func relSC(v *volume, args ...string) []string {
 // serves all the k of a case: each cell starts from the image the last one
 // left. A cell that ends in a wrong state fails the test, is marked DEFECT
 // in the table, and its devices are torn down so the next cells still run.
+// Each case must have been killed at every step its completing run
+// announced, and at one at least: a hook that no longer kills fails here.
 func relKillMatrix(t *testing.T, tab *relTable, mnt string, cases []relKill) {
+	total := 0
 	for ci, c := range cases {
 		var v *volume
 		var cur string
+		kills := 0
 		for k := 1; ; k++ {
 			if k > 25 {
 				t.Fatalf("%s %s: still killed at step 25; the loop does not end", c.mode, c.op)
@@ -235,20 +237,28 @@ func relKillMatrix(t *testing.T, tab *relTable, mnt string, cases []relKill) {
 				fill(t, "/dev/mapper/vol", 100*ci+k)
 				cur = deviceSum(t, "/dev/mapper/vol")
 			}
-			killed, next, ok := relKillOnce(t, tab, mnt, v, cur, c, k, 100*ci+k)
+			killed, steps, next, ok := relKillOnce(t, tab, mnt, v, cur, c, k, 100*ci+k)
 			if !ok {
 				removeDevices(t, "vol")
 				v = nil
 			}
 			cur = next
-			if !killed {
-				break
+			if killed {
+				kills++
+				continue
 			}
+			if steps == 0 || kills != steps {
+				t.Fatalf("%s %s: %d kill points covered, but the completing run announced %d steps (want as many, and at least 1)", c.mode, c.op, kills, steps)
+			}
+			t.Logf("%s %s: %d kill points covered", c.mode, c.op, kills)
+			total += kills
+			break
 		}
 		if v != nil {
 			v.must("detach", "vol")
 		}
 	}
+	t.Logf("%d kill points covered", total)
 }
 
 // relRecord reads a volume's state record directly (cheaper than a
@@ -268,9 +278,9 @@ func relRecord(t testing.TB, v *volume) relStatus {
 
 // relKillOnce runs one cell of the matrix on the attached volume v, whose
 // device holds the image with checksum orig. It reports whether the
-// command was killed, the checksum of the image the volume is left with
-// (attached), and ok = false after a defect.
-func relKillOnce(t *testing.T, tab *relTable, mnt string, v *volume, orig string, c relKill, k, seed int) (killed bool, next string, ok bool) {
+// command was killed, how many steps it announced, the checksum of the
+// image the volume is left with (attached), and ok = false after a defect.
+func relKillOnce(t *testing.T, tab *relTable, mnt string, v *volume, orig string, c relKill, k, seed int) (killed bool, steps int, next string, ok bool) {
 	t.Helper()
 	store := filepath.Join(mnt, fmt.Sprintf("store-%d", seed))
 	size := c.size
@@ -293,15 +303,19 @@ func relKillOnce(t *testing.T, tab *relTable, mnt string, v *volume, orig string
 	if !killed && code != 0 {
 		t.Fatalf("%s: not killed, exit %d:\n%s", what, code, out)
 	}
+	steps = len(hookSteps(out))
+	if killed && steps != k {
+		t.Fatalf("%s: killed after announcing %d steps, want %d:\n%s", what, steps, k, out)
+	}
 	at := fmt.Sprintf("%d (%s)", k, step)
 	rec := relRecord(t, v)
 	recovery := "none needed"
 	// defect marks the cell: the test fails, the table says why.
-	defect := func(format string, a ...any) (bool, string, bool) {
+	defect := func(format string, a ...any) (bool, int, string, bool) {
 		msg := fmt.Sprintf(format, a...)
 		t.Errorf("%s: DEFECT: %s", what, msg)
 		tab.row(c.mode, c.op, at, rec.record(), "**DEFECT**: "+msg, "-", "-")
-		return killed, "", false
+		return killed, steps, "", false
 	}
 	if killed {
 		// The interrupted state is reported, and other commands are
@@ -401,7 +415,7 @@ func relKillOnce(t *testing.T, tab *relTable, mnt string, v *volume, orig string
 		result = "**DEFECT**: " + strings.Join(soft, "; ") + "; " + result
 	}
 	tab.row(c.mode, c.op, at, rec.record(), result, s.Phase, data)
-	return killed, next, true
+	return killed, steps, next, true
 }
 
 // relKillCols are the columns of the kill tables.
@@ -431,6 +445,7 @@ func relKillDisks() []Disk { return []Disk{{Size: 16 << 20}, {Size: 128 << 20}} 
 // TestReliabilityKillDrop: drop in both modes (commit in checkpoint mode,
 // rollback in update mode).
 func TestReliabilityKillDrop(t *testing.T) {
+	parallel(t)
 	if !relInGuest(t, Config{Disks: relKillDisks()}) {
 		return
 	}
@@ -445,6 +460,7 @@ func TestReliabilityKillDrop(t *testing.T) {
 // TestReliabilityKillGrow: grow in both modes; after the recovery the
 // store must take more writes and roll back exactly.
 func TestReliabilityKillGrow(t *testing.T) {
+	parallel(t)
 	if !relInGuest(t, Config{Disks: relKillDisks()}) {
 		return
 	}
@@ -462,6 +478,7 @@ func TestReliabilityKillGrow(t *testing.T) {
 // `merge` (after an uninterrupted --no-wait) killed at each step; both
 // modes (a merge is a rollback in checkpoint mode, a commit in update mode).
 func TestReliabilityKillMerge(t *testing.T) {
+	parallel(t)
 	if !relInGuest(t, Config{Disks: relKillDisks()}) {
 		return
 	}
@@ -482,6 +499,7 @@ func TestReliabilityKillMerge(t *testing.T) {
 // devices torn down as at shutdown, then the boot-time `snapctl activate`
 // killed at each step (it rebuilds the stack and runs the rollback).
 func TestReliabilityKillScheduledRollback(t *testing.T) {
+	parallel(t)
 	if !relInGuest(t, Config{Disks: relKillDisks()}) {
 		return
 	}
@@ -506,6 +524,7 @@ func TestReliabilityKillScheduledRollback(t *testing.T) {
 // killed there (a systemd timeout, the OOM killer), and runs
 // `snapctl activate --wait vol`: with a scheduled rollback and without.
 func TestReliabilityKillLeftoverStack(t *testing.T) {
+	parallel(t)
 	if !relInGuest(t, Config{Disks: relKillDisks()}) {
 		return
 	}
@@ -628,6 +647,7 @@ func relLeftover(t *testing.T, v *volume, mode string, originLoaded bool) {
 // (SIGKILL, and SIGTERM, which stops it with the progress recorded) while
 // it copies; recovered by rerunning the command or by activate --wait.
 func TestReliabilityKillOffline(t *testing.T) {
+	parallel(t)
 	if !relInGuest(t, Config{Disks: relKillDisks()}) {
 		return
 	}
@@ -842,6 +862,7 @@ var relCutOps = []relCutOp{
 // unit does), mounts the store's filesystem, runs `snapctl activate --wait
 // vol` (or reruns `snapctl bow restore`), and checks phase and data.
 func TestReliabilityPowerCut(t *testing.T) {
+	parallel(t)
 	for _, op := range relCutOps {
 		t.Run(op.name, func(t *testing.T) {
 			if guest() {
@@ -1236,6 +1257,7 @@ func relBowRecover(t *testing.T, tab *relTable, r relRound, cut string) {
 // nothing (no file, no device, the record unchanged, the device's bytes
 // unchanged).
 func TestReliabilitySecurity(t *testing.T) {
+	parallel(t)
 	if !relInGuest(t, Config{Disks: []Disk{{Size: 16 << 20}, {Size: 128 << 20}, {Size: 32 << 20}}}) {
 		return
 	}
@@ -1284,7 +1306,7 @@ func TestReliabilitySecurity(t *testing.T) {
 	check("files in the state directory (record, lock, offline merge progress)", "0600 each", strings.Join(files, ", "), !bad && len(files) >= 3)
 	scMust("activate", "--wait", "vol")
 	if _, err := os.Stat("/dev/mapper/vol"); err != nil {
-		scMust("activate", "vol") // see the kill matrix: activate finishing an offline merge leaves no /dev/mapper/vol
+		t.Fatalf("`snapctl activate --wait vol` finished the offline merge but left no /dev/mapper/vol: %v", err)
 	}
 	if got := deviceSum(t, "/dev/mapper/vol"); got != orig {
 		t.Fatal("the offline merge finished by activate did not give the prepare-time image")

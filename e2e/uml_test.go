@@ -23,13 +23,21 @@ import (
 
 // Environment variables that cross from the host into the guest.
 const (
-	envGuest = "SNAPCTL_E2E_GUEST" // "1" inside the guest
-	envBin   = "SNAPCTL_BIN"       // the snapctl binary built for this run
-	envPhase = "SNAPCTL_E2E_PHASE" // which boot of a multi-boot test this is
+	envGuest      = "SNAPCTL_E2E_GUEST"   // "1" inside the guest
+	envBin        = "SNAPCTL_BIN"         // the snapctl binary built for this run
+	envReleaseBin = "SNAPCTL_RELEASE_BIN" // the same, built as a release
+	envPhase      = "SNAPCTL_E2E_PHASE"   // which boot of a multi-boot test this is
 )
 
-// snapctlBin is the CGO_ENABLED=0 snapctl binary built by TestMain.
+// snapctlBin is the CGO_ENABLED=0 snapctl binary built by TestMain with the
+// build tag crashhook, so the crash matrices can kill it at its steps
+// (internal/crashhook); every test runs it.
 var snapctlBin string
+
+// releaseBin is snapctl built exactly as `make build` builds it (no tag):
+// TestCrashHookRelease checks that the crash hook's variables do nothing
+// to it.
+var releaseBin string
 
 // shimPath is the LD_PRELOAD shim that lets UML 6.1 run on hosts with large
 // XSAVE areas (see umlfpu/umlfpu.c).
@@ -40,6 +48,7 @@ func guest() bool { return os.Getenv(envGuest) == "1" }
 func TestMain(m *testing.M) {
 	if guest() {
 		snapctlBin = os.Getenv(envBin)
+		releaseBin = os.Getenv(envReleaseBin)
 		code := m.Run()
 		if leaked := leakedDevices(); len(leaked) > 0 {
 			fmt.Printf("e2e: FAIL: device-mapper devices left behind: %s\n", strings.Join(leaked, ", "))
@@ -61,8 +70,9 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// hostSetup checks the prerequisites and builds snapctl and the shim.
-// Missing prerequisites are a failure, never a skip.
+// hostSetup checks the prerequisites and builds snapctl (with the crash
+// hook, and as a release), and the shim. Missing prerequisites are a
+// failure, never a skip.
 func hostSetup(dir string) error {
 	if _, err := exec.LookPath("linux.uml"); err != nil {
 		return fmt.Errorf("linux.uml not found: install Debian's user-mode-linux package (apt-get install -y user-mode-linux kmod e2fsprogs): %w", err)
@@ -72,11 +82,21 @@ func hostSetup(dir string) error {
 		return err
 	}
 	snapctlBin = filepath.Join(dir, "snapctl")
-	build := exec.Command("go", "build", "-o", snapctlBin, "./cmd/snapctl")
-	build.Dir = root
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		return fmt.Errorf("build snapctl: %v\n%s", err, out)
+	releaseBin = filepath.Join(dir, "snapctl-release")
+	for _, b := range []struct {
+		what string
+		args []string
+	}{
+		{"snapctl with the crash hook", []string{"build", "-tags", "crashhook", "-o", snapctlBin, "./cmd/snapctl"}},
+		// The Makefile's build target, word for word.
+		{"snapctl as a release", []string{"build", "-trimpath", "-o", releaseBin, "./cmd/snapctl"}},
+	} {
+		build := exec.Command("go", b.args...)
+		build.Dir = root
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := build.CombinedOutput(); err != nil {
+			return fmt.Errorf("build %s: %v\n%s", b.what, err, out)
+		}
 	}
 	shimPath = filepath.Join(dir, "umlfpu.so")
 	cc := exec.Command("cc", "-O2", "-shared", "-fPIC", "-o", shimPath, filepath.Join(root, "e2e", "umlfpu", "umlfpu.c"))
@@ -122,7 +142,7 @@ type Disk struct {
 type Config struct {
 	Disks   []Disk
 	MemMiB  int           // guest memory; default 512
-	Timeout time.Duration // per boot; default 5 minutes
+	Timeout time.Duration // per boot; default 10 minutes (two guests share the two cores)
 }
 
 // Machine is a set of disk images booted one or more times.
@@ -139,7 +159,7 @@ func NewMachine(t testing.TB, cfg Config) *Machine {
 		cfg.MemMiB = 512
 	}
 	if cfg.Timeout == 0 {
-		cfg.Timeout = 5 * time.Minute
+		cfg.Timeout = 10 * time.Minute
 	}
 	m := &Machine{cfg: cfg, dir: t.TempDir()}
 	for i, d := range cfg.Disks {
@@ -207,7 +227,7 @@ func (m *Machine) Run(t testing.TB, opts RunOptions) Result {
 	script.WriteString("#!/bin/sh\n")
 	script.WriteString("export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root\n")
 	script.WriteString(guestInit)
-	env := append([]string{envGuest + "=1", envBin + "=" + snapctlBin}, opts.Env...)
+	env := append([]string{envGuest + "=1", envBin + "=" + snapctlBin, envReleaseBin + "=" + releaseBin}, opts.Env...)
 	// The host's test switches (SNAPCTL_E2E_*, e.g. an on-demand case) hold
 	// in the guest too.
 	for _, e := range os.Environ() {
@@ -266,7 +286,8 @@ func (m *Machine) Run(t testing.TB, opts RunOptions) Result {
 			out.WriteString(line)
 			out.WriteByte('\n')
 			if testing.Verbose() {
-				fmt.Printf("    guest| %s\n", line)
+				// Two guests may run at once: each line names its test.
+				fmt.Printf("    guest %s| %s\n", t.Name(), line)
 			}
 			if opts.PowerCutOn != "" && strings.Contains(line, opts.PowerCutOn) {
 				cut = true

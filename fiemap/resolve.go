@@ -43,7 +43,7 @@ func (e DirectMountError) Error() string {
 	if e.Path != "" {
 		what = fmt.Sprintf("the filesystem of %q", e.Path)
 	}
-	return fmt.Sprintf("%s is mounted directly on block device %s, not on a device-mapper device: device-mapper claims every device it maps exclusively, so a linear table over the mounted device would fail with EBUSY; use --backend loop (a loop device with direct I/O over the file) or put the filesystem on a device-mapper device",
+	return fmt.Sprintf("%s is mounted directly on block device %s, not on a device-mapper device: device-mapper claims every device it maps exclusively, so a linear table over the mounted device would fail with EBUSY; a loop device with direct I/O over the file, or the filesystem on a device-mapper device, avoids that",
 		what, e.Dev)
 }
 

@@ -177,7 +177,7 @@ func TestResolveDirectMount(t *testing.T) {
 		t.Errorf("got Dev %q, want 8:1", dm.Dev)
 	}
 	dm.Path = "/data/store"
-	for _, want := range []string{"/data/store", "8:1", "EBUSY", "--backend loop", "device-mapper"} {
+	for _, want := range []string{"/data/store", "8:1", "EBUSY", "loop device", "device-mapper"} {
 		if !strings.Contains(dm.Error(), want) {
 			t.Errorf("message %q lacks %q", dm.Error(), want)
 		}

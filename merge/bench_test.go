@@ -71,7 +71,7 @@ func benchOffline(b *testing.B, cs uint32, data int64, direct bool, run int, win
 	for i, o := range olds {
 		ex[i] = Exception{Old: uint64(o), New: l.DataChunk(uint64(i))}
 	}
-	storeBytes := randBytes(rng, int(int64(l.MinChunks(uint64(n)))*cb))
+	storeBytes := randBytes(rng, int(int64(l.DataChunk(uint64(n)))*cb))
 	if err := WriteStore(newMemAt(storeBytes), Header{Magic: Magic, Valid: true, Version: Version, ChunkSize: cs}, ex); err != nil {
 		b.Fatal(err)
 	}

@@ -227,7 +227,7 @@ func TestOfflineJoinsStoreReads(t *testing.T) {
 	rng := rand.New(rand.NewPCG(43, 44))
 	pre := randBytes(rng, 2*n*k)
 	post := randBytes(rng, len(pre))
-	store := randBytes(rng, int(int64(l.MinChunks(uint64(n)))*k))
+	store := randBytes(rng, int(int64(l.DataChunk(uint64(n)))*k))
 	var ex []Exception
 	for i := range n {
 		// Exception i restores origin chunk 2*i; a window of 100 chunks
@@ -374,7 +374,7 @@ func TestReadStoreReadAhead(t *testing.T) {
 				ex[i] = Exception{Old: uint64(i), New: l.DataChunk(uint64(i))}
 			}
 			// Room for 40 more areas after the table, all unreadable.
-			size := (int64(l.MinChunks(uint64(tc.n))) + 40*33) * cb
+			size := (int64(l.DataChunk(uint64(tc.n))) + 40*33) * cb
 			img := newSparse(size)
 			if err := WriteStore(img, Header{Magic: Magic, Valid: true, Version: Version, ChunkSize: cs}, ex); err != nil {
 				t.Fatal(err)

@@ -191,7 +191,7 @@ func newScenario(rng *rand.Rand, chunkSize uint32, originSize int64, n int) *sce
 		}
 		add(c)
 	}
-	chunks := l.MinChunks(uint64(n))
+	chunks := l.DataChunk(uint64(n))
 	s.store = make([]byte, int64(chunks)*cb)
 	for i, old := range olds {
 		e := Exception{Old: old, New: l.DataChunk(uint64(i))}

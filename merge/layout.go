@@ -11,11 +11,9 @@ const (
 	Magic = 0x70416e53
 	// Version is the only store format version the kernel knows.
 	Version = 1
-	// SectorSize is the unit of the chunk size.
+	// SectorSize is the unit of the chunk size. The chunk sizes the kernel
+	// takes are dmtable.ValidChunkSectors.
 	SectorSize = 512
-	// MaxChunkSize is the largest chunk size in sectors the kernel accepts
-	// (it rejects sizes above INT_MAX >> 9; the largest power of two below).
-	MaxChunkSize = 1 << 21
 
 	headerLen = 16 // magic, valid, version, chunk size: four u32
 	entryLen  = 16 // old chunk, new chunk: two u64
@@ -77,8 +75,3 @@ func (l Layout) DataChunk(n uint64) uint64 {
 	e := l.PerArea()
 	return l.AreaChunk(n/e) + 1 + n%e
 }
-
-// MinChunks is the smallest store, in chunks, that holds n exceptions: the
-// header, n data chunks and their areas, plus the zeroed area that follows a
-// completely full one.
-func (l Layout) MinChunks(n uint64) uint64 { return n + 2 + n/l.PerArea() }

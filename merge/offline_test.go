@@ -80,7 +80,7 @@ func TestOfflineCoalesces(t *testing.T) {
 	for i := range 100 { // origin chunks 50..149, store chunks in order
 		ex = append(ex, Exception{Old: uint64(50 + i), New: l.DataChunk(uint64(i))})
 	}
-	store := make([]byte, int64(l.MinChunks(100))*4096)
+	store := make([]byte, int64(l.DataChunk(100))*4096)
 	if err := WriteStore(newMemAt(store), Header{Magic: Magic, Valid: true, Version: Version, ChunkSize: cs}, ex); err != nil {
 		t.Fatal(err)
 	}
@@ -330,7 +330,7 @@ func TestOfflineFullArea64K(t *testing.T) {
 		}
 	}
 	origin := make([]byte, int64(originChunks)*cb)
-	store := make([]byte, int64(l.MinChunks(uint64(n)))*cb)
+	store := make([]byte, int64(l.DataChunk(uint64(n)))*cb)
 	rng := rand.New(rand.NewPCG(15, 16))
 	olds := rng.Perm(originChunks)[:n]
 	ex := make([]Exception, n)

@@ -264,7 +264,7 @@ func (f *rawFile) readAt(p []byte, off int64) (int, error) {
 	start := off - off%f.align
 	end := off + int64(len(p))
 	end += (f.align - end%f.align) % f.align
-	buf := bounce(int(end - start))
+	buf := DirectBuffer(int(end - start))
 	n, err := f.f.ReadAt(buf, start)
 	got := max(0, min(int64(n)-(off-start), int64(len(p))))
 	copy(p, buf[off-start:off-start+got])
@@ -284,20 +284,9 @@ func (f *rawFile) writeAt(p []byte, off int64) (int, error) {
 	if off%f.align != 0 || int64(len(p))%f.align != 0 {
 		return 0, fmt.Errorf("write %s at %d: %d bytes are not aligned to its %d-byte blocks for direct I/O", f.path, off, len(p), f.align)
 	}
-	buf := bounce(len(p))
+	buf := DirectBuffer(len(p))
 	copy(buf, p)
 	return f.f.WriteAt(buf, off)
-}
-
-// bounce returns n bytes of page-aligned memory from the Go heap, which
-// does not move, for one unaligned read or write. The heap is cheaper
-// than a mapping of its own (alignedBuf) for the small, short-lived
-// buffers this serves: no system calls, no TLB shootdown when it goes.
-func bounce(n int) []byte {
-	const page = 4096
-	b := make([]byte, n+page)
-	skip := (page - int(reflect.ValueOf(b).Pointer()%page)) % page
-	return b[skip : skip+n]
 }
 
 // pageBuf is page-aligned memory outside the Go heap, as direct I/O needs.

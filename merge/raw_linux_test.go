@@ -190,7 +190,7 @@ func TestOfflinePathsStoreOnOrigin(t *testing.T) {
 		storeStart := int64(dataChunks) * 4096
 		if hit { // one more exception whose origin chunk lies inside the store
 			ex = append(ex, Exception{Old: dataChunks + 3, New: l.DataChunk(uint64(len(ex)))})
-			store = make([]byte, int64(l.MinChunks(uint64(len(ex))))*4096)
+			store = make([]byte, int64(l.DataChunk(uint64(len(ex))))*4096)
 			copy(store, sc.store)
 			if err := WriteStore(newMemAt(store), Header{Magic: Magic, Valid: true, Version: Version, ChunkSize: cs}, ex); err != nil {
 				t.Fatal(err)

@@ -8,6 +8,8 @@ import (
 	"io"
 	"slices"
 	"sync"
+
+	"github.com/snapctl/snapctl/dmtable"
 )
 
 // Expect carries what the caller knows independently of the store, so that
@@ -87,8 +89,8 @@ func ReadHeader(r io.ReaderAt, size int64) (Header, error) {
 		return h, corrupt(ErrBadValid, -1, -1, "valid flag %d, want 0 or 1", valid)
 	}
 	h.Valid = valid == 1
-	if h.ChunkSize == 0 || h.ChunkSize&(h.ChunkSize-1) != 0 || h.ChunkSize > MaxChunkSize {
-		return h, corrupt(ErrBadChunkSize, -1, -1, "chunk size %d sectors, want a power of two up to %d", h.ChunkSize, MaxChunkSize)
+	if !dmtable.ValidChunkSectors(uint64(h.ChunkSize)) {
+		return h, corrupt(ErrBadChunkSize, -1, -1, "chunk size %d sectors, want a power of two up to %d", h.ChunkSize, dmtable.MaxChunkSectors)
 	}
 	if cb := int64(h.ChunkSize) * SectorSize; size/cb < 2 {
 		return h, corrupt(ErrTruncated, -1, -1, "store is %d bytes, shorter than the header and first metadata area (2 chunks of %d bytes)", size, cb)

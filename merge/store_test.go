@@ -30,15 +30,6 @@ func TestLayoutMatchesKernelAllocation(t *testing.T) {
 	}
 }
 
-func TestMinChunks(t *testing.T) {
-	l := Layout{ChunkSize: 8}
-	for _, tc := range []struct{ n, want uint64 }{{0, 2}, {255, 257}, {256, 259}, {300, 303}, {512, 516}, {1000, 1005}} {
-		if got := l.MinChunks(tc.n); got != tc.want {
-			t.Errorf("MinChunks(%d) = %d, want %d", tc.n, got, tc.want)
-		}
-	}
-}
-
 // storeImage builds a store with n in-order exceptions in the smallest
 // store that holds them.
 func storeImage(t testing.TB, cs uint32, n int) ([]byte, []Exception) {
@@ -48,7 +39,7 @@ func storeImage(t testing.TB, cs uint32, n int) ([]byte, []Exception) {
 	for i := range ex {
 		ex[i] = Exception{Old: uint64(i * 3), New: l.DataChunk(uint64(i))}
 	}
-	b := make([]byte, int64(l.MinChunks(uint64(n)))*l.ChunkBytes())
+	b := make([]byte, int64(l.DataChunk(uint64(n)))*l.ChunkBytes())
 	if err := WriteStore(newMemAt(b), Header{Magic: Magic, Valid: true, Version: Version, ChunkSize: cs}, ex); err != nil {
 		t.Fatal(err)
 	}
@@ -65,7 +56,7 @@ func TestReadStoreRoundTrip(t *testing.T) {
 				for i := range ex {
 					ex[i] = Exception{Old: uint64(i * 3), New: l.DataChunk(uint64(i))}
 				}
-				size := int64(l.MinChunks(uint64(n))) * l.ChunkBytes()
+				size := int64(l.DataChunk(uint64(n))) * l.ChunkBytes()
 				img := newSparse(size)
 				if err := WriteStore(img, Header{Magic: Magic, Valid: true, Version: Version, ChunkSize: cs}, ex); err != nil {
 					t.Fatal(err)

@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+
+	"github.com/snapctl/snapctl/dmtable"
 )
 
 // WriteStore lays out a store the way the kernel would: the header in chunk
@@ -15,8 +17,8 @@ import (
 // of new chunks.
 func WriteStore(w io.WriterAt, h Header, ex []Exception) error {
 	l := Layout{ChunkSize: h.ChunkSize}
-	if h.ChunkSize == 0 || h.ChunkSize&(h.ChunkSize-1) != 0 || h.ChunkSize > MaxChunkSize {
-		return fmt.Errorf("write store: chunk size %d sectors is not a power of two up to %d", h.ChunkSize, MaxChunkSize)
+	if !dmtable.ValidChunkSectors(uint64(h.ChunkSize)) {
+		return fmt.Errorf("write store: chunk size %d sectors is not a power of two up to %d", h.ChunkSize, dmtable.MaxChunkSectors)
 	}
 	cb := l.ChunkBytes()
 	chunk := make([]byte, cb)

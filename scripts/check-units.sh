@@ -3,7 +3,9 @@
 #   - the systemd units with `systemd-analyze verify` (installing systemd with
 #     apt when it is missing); any message it prints fails the check, since
 #     it reports unknown keys and bad dependencies as warnings only. Their
-#     Documentation= man pages are looked up in docs/man.
+#     Documentation= man pages are looked up in docs/man. A template unit
+#     (snapctl-mark-good@.service) is verified as an instance, which
+#     systemd-analyze names NAME@i.service.
 #   - the shell syntax of the initramfs-tools and dracut scripts (and
 #     shellcheck, when it is installed).
 # systemd-analyze needs no running systemd (it works in a container), but it
@@ -33,6 +35,9 @@ fi
 bin=$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")
 
 mkdir -p "$tmp/units" "$tmp/man/man1"
+for u in snapctl-activate.service snapctl-monitor.service snapctl-mark-good@.service; do
+	[ -f "$root/contrib/systemd/$u" ] || { echo "check-units: contrib/systemd/$u is missing" >&2; fail=1; }
+done
 for u in "$root"/contrib/systemd/*.service; do
 	sed "s|/usr/sbin/snapctl|$bin|g" "$u" >"$tmp/units/$(basename "$u")"
 done

@@ -2,10 +2,10 @@ package snapshot
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 
-	"github.com/hashicorp/go-multierror"
 	"github.com/snapctl/snapctl/merge"
 )
 
@@ -16,37 +16,39 @@ type ActivateOptions struct {
 
 // Activate rebuilds each volume's stack from its record (all volumes when
 // names is empty), finishes or undoes interrupted operations, and runs
-// rollbacks scheduled with --at-next-activate. One volume's failure does
+// rollbacks scheduled with RollbackOptions.AtNextActivate. One volume's failure does
 // not stop the others; all errors are returned together.
-func (m *Manager) Activate(o ActivateOptions, names ...string) error {
+func (m *Manager) Activate(ctx context.Context, o ActivateOptions, names ...string) error {
 	if len(names) == 0 {
 		var err error
 		if names, err = m.Names(); err != nil {
 			return err
 		}
 	}
-	var errs *multierror.Error
+	var errs []error
 	for _, n := range names {
-		v, err := m.open(n)
+		v, err := m.open(ctx, n)
 		if err != nil {
-			errs = multierror.Append(errs, err)
+			errs = append(errs, err)
 			continue
 		}
-		err = m.activateOpts(v, o)
+		err = m.activateOpts(ctx, v, o)
 		v.close()
 		if err != nil {
-			errs = multierror.Append(errs, fmt.Errorf("activate %q: %w", n, err))
+			errs = append(errs, fmt.Errorf("activate %q: %w", n, err))
 		}
 	}
-	if errs != nil && len(errs.Errors) == 1 {
-		return errs.Errors[0]
+	if len(errs) == 1 {
+		return errs[0]
 	}
-	return errs.ErrorOrNil()
+	return errors.Join(errs...)
 }
 
-func (m *Manager) activate(v *volume) error { return m.activateOpts(v, ActivateOptions{}) }
+func (m *Manager) activate(ctx context.Context, v *volume) error {
+	return m.activateOpts(ctx, v, ActivateOptions{})
+}
 
-func (m *Manager) activateOpts(v *volume, o ActivateOptions) error {
+func (m *Manager) activateOpts(ctx context.Context, v *volume, o ActivateOptions) error {
 	if err := v.checkOrigin(); err != nil {
 		return err
 	}
@@ -65,22 +67,30 @@ func (m *Manager) activateOpts(v *volume, o ActivateOptions) error {
 		if strings.HasPrefix(v.rec.Step, "merge:offline") {
 			// Finish the offline merge, then activate as for any attached
 			// volume.
-			if _, err := v.mergeOffline(context.Background(), merge.OfflineOptions{}); err != nil {
+			if _, err := v.mergeOffline(ctx, merge.OfflineOptions{}); err != nil {
 				return err
 			}
 			return v.ensure(v.name(), linearTable(v.rec.Origin))
 		}
-		return v.merge("merge", o.Wait)
+		return v.merge(ctx, "merge", o.Wait)
 	case PhaseGrowing:
 		return v.finishGrow()
 	case PhasePrepared:
+		gate, err := v.groupBeforeBuild()
+		if err != nil {
+			return err
+		}
 		// After a reboot nothing exists: build the stack first, then run a
-		// rollback scheduled with --at-next-activate on top of it.
+		// rollback scheduled for the next activate (or decided by the
+		// volume's update group) on top of it.
+		if err := v.observeStore(); err != nil {
+			return err
+		}
 		if err := v.buildPrepared(PhasePrepared); err != nil {
 			return err
 		}
-		if v.rec.Scheduled == "rollback" {
-			return v.rollback(o.Wait)
+		if v.rec.Scheduled == "rollback" || gate != nil && gate.Decision == GroupRollback {
+			return v.rollback(ctx, o.Wait)
 		}
 		return nil
 	}
@@ -90,8 +100,8 @@ func (m *Manager) activateOpts(v *volume, o ActivateOptions) error {
 // Deactivate removes the volume's devices without changing its data or
 // state (before shutdown, or before an offline merge); Activate brings them
 // back. A merge under way stops and resumes at the next activate.
-func (m *Manager) Deactivate(name string) error {
-	v, err := m.open(name)
+func (m *Manager) Deactivate(ctx context.Context, name string) error {
+	v, err := m.open(ctx, name)
 	if err != nil {
 		return err
 	}
@@ -105,6 +115,10 @@ func (m *Manager) Deactivate(name string) error {
 		return err
 	} else if n > 0 {
 		return &InUseError{Volume: name, Device: mapperPath(name), OpenCount: n, Op: "deactivate"}
+	}
+	// The kernel forgets an Overflow with the table: record it first.
+	if err := v.observeStore(); err != nil {
+		return fmt.Errorf("deactivate %q: %w", name, err)
 	}
 	if err := v.removeIfExists(name); err != nil {
 		return fmt.Errorf("deactivate %q: %w", name, err)

@@ -1,14 +1,16 @@
 package snapshot
 
+import "context"
+
 // Commit keeps the change: drop in checkpoint mode, merge in update mode.
-func (m *Manager) Commit(name string) error {
-	v, err := m.open(name)
+func (m *Manager) Commit(ctx context.Context, name string) error {
+	v, err := m.open(ctx, name)
 	if err != nil {
 		return err
 	}
 	defer v.close()
 	if v.rec.Mode == Update {
-		return v.merge("commit", true)
+		return v.merge(ctx, "commit", true)
 	}
 	return v.drop("commit")
 }
@@ -23,8 +25,8 @@ type RollbackOptions struct {
 
 // Rollback returns to the earlier content: merge in checkpoint mode, drop
 // in update mode. The volume must not be open (its content jumps back).
-func (m *Manager) Rollback(name string, o RollbackOptions) error {
-	v, err := m.open(name)
+func (m *Manager) Rollback(ctx context.Context, name string, o RollbackOptions) error {
+	v, err := m.open(ctx, name)
 	if err != nil {
 		return err
 	}
@@ -33,16 +35,19 @@ func (m *Manager) Rollback(name string, o RollbackOptions) error {
 		if v.rec.Phase != PhasePrepared {
 			return &WrongPhaseError{Volume: name, Op: "rollback", Phase: v.rec.Phase, Mode: v.rec.Mode}
 		}
+		if err := v.groupAllows("rollback --at-next-activate", "rollback"); err != nil {
+			return err
+		}
 		v.rec.Scheduled = "rollback"
 		v.rec.event("rollback scheduled", "for the next activate")
 		return v.save()
 	}
-	return v.rollback(o.Wait)
+	return v.rollback(ctx, o.Wait)
 }
 
-func (v *volume) rollback(wait bool) error {
+func (v *volume) rollback(ctx context.Context, wait bool) error {
 	if v.rec.Mode == Update {
 		return v.drop("rollback")
 	}
-	return v.merge("rollback", wait)
+	return v.merge(ctx, "rollback", wait)
 }

@@ -1,14 +1,13 @@
 package snapshot
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"syscall"
 
 	"github.com/snapctl/snapctl/dmtable"
+	"github.com/snapctl/snapctl/merge"
 )
 
 // dmKernel is the real kernel: dmtable's device-mapper ioctl client.
@@ -84,56 +83,48 @@ func (dmKernel) remove(name string) error                 { return dmtable.Remov
 func (dmKernel) table(name string) (dmtable.Table, error) { return dmtable.ReadTable(name) }
 func (dmKernel) flushBuffers(path string) error           { return dmtable.FlushBuffers(path) }
 
-func (dmKernel) status(name string) (snapStatus, error) {
+func (dmKernel) status(name string) (dmtable.SnapshotStatus, error) {
 	sts, err := dmtable.Status(name)
 	if err != nil {
-		return snapStatus{}, err
+		return dmtable.SnapshotStatus{}, err
 	}
 	if len(sts) != 1 {
-		return snapStatus{}, fmt.Errorf("status of %q: %d targets, want 1", name, len(sts))
+		return dmtable.SnapshotStatus{}, fmt.Errorf("status of %q: %d targets, want 1", name, len(sts))
 	}
 	st, err := dmtable.ParseSnapshotStatus(sts[0].Status)
 	if err != nil {
-		return snapStatus{}, fmt.Errorf("status of %q: %w", name, err)
+		return dmtable.SnapshotStatus{}, fmt.Errorf("status of %q: %w", name, err)
 	}
-	return snapStatus{State: st.State.String(), Allocated: st.Allocated, Total: st.Total, Metadata: st.Metadata}, nil
+	return st, nil
 }
 
-// directBuffer is an anonymous mapping: page aligned, as O_DIRECT needs.
-func directBuffer(n int) ([]byte, error) {
-	return syscall.Mmap(-1, 0, n, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_ANON|syscall.MAP_PRIVATE)
-}
+// zeroHeader and readHeader go through merge's raw device access (O_DIRECT,
+// aligned buffers), which owns the store's format: the header must come
+// from the device, not from a page cache that device-mapper writes beneath.
 
 func (dmKernel) zeroHeader(name string, n int) error {
-	buf, err := directBuffer(n)
+	r, err := merge.OpenRaw(mapperPath(name), merge.OpenWrite)
 	if err != nil {
 		return err
 	}
-	defer syscall.Munmap(buf)
-	f, err := os.OpenFile(mapperPath(name), os.O_WRONLY|syscall.O_DIRECT, 0)
-	if err != nil {
-		return err
+	if _, err := r.WriteAt(make([]byte, n), 0); err != nil {
+		return errors.Join(fmt.Errorf("write %s: %w", mapperPath(name), err), r.Close())
 	}
-	defer f.Close()
-	if _, err := f.WriteAt(buf, 0); err != nil {
-		return fmt.Errorf("write %s: %w", mapperPath(name), err)
+	if err := r.Sync(); err != nil {
+		return errors.Join(fmt.Errorf("sync %s: %w", mapperPath(name), err), r.Close())
 	}
-	return f.Sync()
+	return r.Close()
 }
 
-func (dmKernel) readHeader(name string) (uint32, uint32, error) {
-	buf, err := directBuffer(4096)
+func (dmKernel) readHeader(name string) (merge.Header, error) {
+	r, err := merge.OpenRaw(mapperPath(name), 0)
 	if err != nil {
-		return 0, 0, err
+		return merge.Header{}, err
 	}
-	defer syscall.Munmap(buf)
-	f, err := os.OpenFile(mapperPath(name), os.O_RDONLY|syscall.O_DIRECT, 0)
+	defer r.Close()
+	h, err := merge.ReadHeader(r, r.Size())
 	if err != nil {
-		return 0, 0, err
+		return h, fmt.Errorf("%s: %w", mapperPath(name), err)
 	}
-	defer f.Close()
-	if _, err := f.ReadAt(buf[:512], 0); err != nil {
-		return 0, 0, fmt.Errorf("read %s: %w", mapperPath(name), err)
-	}
-	return binary.LittleEndian.Uint32(buf[0:]), binary.LittleEndian.Uint32(buf[4:]), nil
+	return h, nil
 }

@@ -16,4 +16,9 @@
 // user had), drop and merge roll forward, because the user already chose
 // their outcome and every step of them is idempotent given the kernel's
 // current tables.
+//
+// A volume prepared into an update group (package group) names its group
+// in its record, and this package reads the group's record before it
+// merges or drops the volume: a group member is committed or rolled back
+// only as its group decided (see GroupGate in group.go).
 package snapshot

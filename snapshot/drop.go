@@ -1,13 +1,14 @@
 package snapshot
 
 import (
+	"context"
 	"fmt"
 )
 
 // Drop drops the snapshot (the low-level verb: commit in checkpoint mode,
 // rollback in update mode).
-func (m *Manager) Drop(name string) error {
-	v, err := m.open(name)
+func (m *Manager) Drop(ctx context.Context, name string) error {
+	v, err := m.open(ctx, name)
 	if err != nil {
 		return err
 	}
@@ -36,6 +37,9 @@ func (v *volume) drop(op string) error {
 		return err
 	}
 	if v.rec.Phase == PhasePrepared {
+		if err := v.groupAllows(op, "drop"); err != nil {
+			return err
+		}
 		if v.rec.Mode == Update {
 			// The content of NAME jumps back to the origin.
 			if n, err := v.openCount(); err != nil {

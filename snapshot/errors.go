@@ -1,6 +1,11 @@
 package snapshot
 
-import "fmt"
+import (
+	"errors"
+	"fmt"
+
+	"github.com/snapctl/snapctl/dmtable"
+)
 
 // InterruptedError is a volume whose last operation was cut short (killed,
 // power cut). Activate, or the same command again, finishes or undoes it.
@@ -57,17 +62,26 @@ func (e *InUseError) Error() string {
 // snapshot no longer holds a complete earlier image and must not be merged.
 type StoreUnusableError struct {
 	Volume string
-	State  string // "invalid", "overflow", "merge failed", or "bad header"
+	State  dmtable.SnapshotState // SnapshotInvalid, SnapshotOverflow or SnapshotMergeFailed
+	// Header, when set, is what is wrong with the store's header (State is
+	// then SnapshotInvalid): the kernel reported the snapshot healthy, but
+	// its store would merge as nothing.
+	Header string
 }
 
 func (e *StoreUnusableError) Error() string {
-	switch e.State {
-	case "overflow":
+	why := e.State.String()
+	if e.Header != "" {
+		why = e.Header
+	}
+	switch {
+	case e.Header != "":
+	case e.State == dmtable.SnapshotOverflow:
 		return fmt.Sprintf("volume %q: the store is full (Overflow): writes to the snapshot failed, so it does not hold the complete update; it must not be merged", e.Volume)
-	case "merge failed":
+	case e.State == dmtable.SnapshotMergeFailed:
 		return fmt.Sprintf("volume %q: the kernel reports Merge failed (an I/O error during the merge); the merge stopped part way and the store is kept", e.Volume)
 	}
-	return fmt.Sprintf("volume %q: the store is invalid (%s): the kernel dropped the snapshot because the store ran full or an I/O error hit the store or the origin (the kernel log says which: \"Unable to allocate exception\" or \"Error reading/writing\"); its earlier image is lost and merging it would do nothing", e.Volume, e.State)
+	return fmt.Sprintf("volume %q: the store is invalid (%s): the kernel dropped the snapshot because the store ran full or an I/O error hit the store or the origin (the kernel log says which: \"Unable to allocate exception\" or \"Error reading/writing\"); its earlier image is lost and merging it would do nothing", e.Volume, why)
 }
 
 // DeviceChangedError is an origin whose path now names another device than
@@ -101,13 +115,39 @@ type StoreOnOriginError struct {
 
 func (e *StoreOnOriginError) Error() string { return fmt.Sprintf("store %s: %s", e.Path, e.Reason) }
 
+// Refusal says which request a RefusedError refused, for a caller that
+// tells its user what to do instead (the CLI turns it into a hint naming
+// its flags).
+type Refusal int
+
+const (
+	// RefusedOther is a refusal the Reason and Hint describe.
+	RefusedOther Refusal = iota
+	// RefusedOtherOrigin: the volume is attached to another origin than the
+	// one given (Device).
+	RefusedOtherOrigin
+	// RefusedNoOrigin: the volume is not attached and no origin was given.
+	RefusedNoOrigin
+	// RefusedOriginTooSmall: the origin is smaller than one chunk.
+	RefusedOriginTooSmall
+	// RefusedNoStorePath: no store path was given.
+	RefusedNoStorePath
+	// RefusedStoreExists: the store path exists already.
+	RefusedStoreExists
+	// RefusedStoreDirShared: the store's directory is writable by everyone.
+	RefusedStoreDirShared
+)
+
 // RefusedError is a request snapctl will not carry out as given: the reason
 // says what is wrong with it. Nothing was changed.
 type RefusedError struct {
 	Volume string
 	Op     string
+	Kind   Refusal
 	Reason string
-	Hint   string // what to do instead
+	// Device is the device the request named, where Kind is about one.
+	Device string
+	Hint   string // what to do instead, for RefusedOther
 }
 
 func (e *RefusedError) Error() string {
@@ -126,6 +166,15 @@ func (e *OriginBusyError) Error() string {
 	return fmt.Sprintf("volume %q: origin %s is in use (a filesystem mounted on it directly, or another device holds it): %v", e.Volume, e.Path, e.Err)
 }
 func (e *OriginBusyError) Unwrap() error { return e.Err }
+
+// ErrNoStoreSize is an update-mode prepare given neither a store size nor a
+// change set to size the store from: in update mode the store must hold the
+// whole update, which the filesystem's free space says nothing about.
+var ErrNoStoreSize = errors.New("update mode needs a store size, or a change set (byte ranges or the new image) to size the store from")
+
+// ErrLoopFixedSize is a grow of a store behind a loop device, whose size is
+// fixed once the device is set up.
+var ErrLoopFixedSize = errors.New("a store on a loop device cannot grow (the loop device's size is fixed)")
 
 // NotActiveError is an operation that needs the volume's devices, on a
 // volume whose devices are not there (after deactivate, or a reboot).

@@ -1,14 +1,15 @@
 package snapshot
 
 import (
+	"context"
 	"fmt"
 )
 
 // Grow extends the store by at least by bytes, online: the file grows, its
 // new extents are mapped and NAME-cow is reloaded with more segments (the
 // kernel reads the store's size at every allocation).
-func (m *Manager) Grow(name string, by uint64) error {
-	v, err := m.open(name)
+func (m *Manager) Grow(ctx context.Context, name string, by uint64) error {
+	v, err := m.open(ctx, name)
 	if err != nil {
 		return err
 	}
@@ -27,8 +28,8 @@ func (v *volume) grow(by uint64) error {
 		return err
 	}
 	s := v.rec.Store
-	if s.Backend == "loop" {
-		return fmt.Errorf("grow %q: not supported with --backend loop (the loop device's size is fixed); prepare with a larger --size", v.name())
+	if s.Backend == BackendLoop {
+		return fmt.Errorf("grow %q: %w", v.name(), ErrLoopFixedSize)
 	}
 	chunk := uint64(s.ChunkSectors) * 512
 	newBytes := (s.Bytes + by + chunk - 1) / chunk * chunk
@@ -75,7 +76,11 @@ func (v *volume) finishGrow() error {
 		return err
 	}
 	if inf.Exists {
-		if err := v.load(name, cowTable(v.rec.Store)); err != nil {
+		t, err := cowTable(v.rec.Store)
+		if err != nil {
+			return fmt.Errorf("grow %q: %w", v.name(), err)
+		}
+		if err := v.load(name, t); err != nil {
 			return fmt.Errorf("grow %q: load %q: %w", v.name(), name, err)
 		}
 		if err := v.suspendIfNeeded(name); err != nil {

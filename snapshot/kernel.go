@@ -1,9 +1,9 @@
 package snapshot
 
 import (
-	"fmt"
-
 	"github.com/snapctl/snapctl/dmtable"
+	"github.com/snapctl/snapctl/fiemap"
+	"github.com/snapctl/snapctl/merge"
 )
 
 // devInfo is what the lifecycle needs to know about one DM device.
@@ -15,19 +15,6 @@ type devInfo struct {
 	OpenCount int32
 	Dev       string // "major:minor"
 }
-
-// snapStatus is the parsed status of a snapshot or snapshot-merge target.
-type snapStatus struct {
-	State     string // "active", "invalid", "merge failed", "overflow", "unknown"
-	Allocated uint64 // sectors in use, metadata included
-	Total     uint64 // sectors of the store
-	Metadata  uint64 // sectors of metadata
-}
-
-func (s snapStatus) ok() bool { return s.State == "active" }
-
-// merged reports a snapshot-merge that has nothing left to merge.
-func (s snapStatus) merged() bool { return s.ok() && s.Allocated == s.Metadata }
 
 // kernel is the device-mapper as the lifecycle uses it. The real one is
 // dmtable's ioctl client; unit tests of the crash logic use a model.
@@ -41,12 +28,20 @@ type kernel interface {
 	resume(name string) error
 	remove(name string) error
 	table(name string) (dmtable.Table, error)
-	status(name string) (snapStatus, error)
+	// status is the status of name's single snapshot or snapshot-merge
+	// target.
+	status(name string) (dmtable.SnapshotStatus, error)
 	// zeroHeader writes n zero bytes at the start of /dev/mapper/name with
 	// O_DIRECT, which initialises a persistent exception store.
 	zeroHeader(name string, n int) error
-	// readHeader reads the store header through /dev/mapper/name.
-	readHeader(name string) (magic, valid uint32, err error)
+	// readHeader reads and checks the store header through
+	// /dev/mapper/name, with O_DIRECT.
+	readHeader(name string) (merge.Header, error)
+	// readStore parses the whole store (header and exception areas, bounds
+	// checked) through /dev/mapper/name.
+	readStore(name string, want merge.Expect) (*merge.Store, error)
+	// syncDevice flushes /dev/mapper/name down to its devices (fsync).
+	syncDevice(name string) error
 	// flushBuffers drops the page cache of the block device at path
 	// (BLKFLSBUF). Device-mapper writes the origin below that cache, so
 	// whatever was read through the origin's own node before a merge would
@@ -85,6 +80,11 @@ type storeFS interface {
 	// could record the inode: only an empty or exactly sized regular file.
 	// reachable is false when its filesystem is not mounted (delete later).
 	removePartial(s Store) (reachable bool, err error)
+	// revalidate lists how the store file differs from s (FIEMAP, inode,
+	// flags) when its filesystem is mounted.
+	revalidate(s Store) (changes []string, err error)
+	// placement is where a store at path would be, for a dry run.
+	placement(path string, backend Backend) (*Placement, error)
 }
 
 // Tables of the stack.
@@ -93,35 +93,39 @@ func linearTable(origin Device) dmtable.Table {
 	return dmtable.Table{dmtable.Linear(0, origin.Sectors, origin.Dev, 0)}
 }
 
-func cowTable(s *Store) dmtable.Table {
-	var t dmtable.Table
+// cowTable maps the store's segments, in order, as NAME-cow.
+func cowTable(s *Store) (dmtable.Table, error) {
+	segs := make([]fiemap.Segment, len(s.Segments))
 	var at uint64
-	for _, seg := range s.Segments {
-		t = append(t, dmtable.Linear(at, seg.Length, seg.Dev, seg.Offset))
+	for i, seg := range s.Segments {
+		segs[i] = fiemap.Segment{Logical: at, Dev: seg.Dev, DevOffset: seg.Offset, Length: seg.Length}
 		at += seg.Length
 	}
-	return t
+	return fiemap.LinearTable(segs)
 }
 
-func persistence(s *Store) string {
-	if s.Overflow == "fail" {
-		return "PO"
+func snapshotParams(origin, cow string, s *Store) dmtable.SnapshotParams {
+	p := dmtable.SnapshotParams{Origin: origin, COW: cow, Store: dmtable.Persistent, Chunk: uint64(s.ChunkSectors)}
+	if s.Overflow == OverflowFail {
+		p.Store = dmtable.PersistentOverflow
 	}
-	return "P"
+	return p
 }
 
 func snapshotTable(sectors uint64, origin, cow string, s *Store) dmtable.Table {
-	return dmtable.Table{{Start: 0, Length: sectors, Type: "snapshot",
-		Params: fmt.Sprintf("%s %s %s %d", origin, cow, persistence(s), s.ChunkSectors)}}
+	return dmtable.Table{dmtable.Snapshot(0, sectors, snapshotParams(origin, cow, s))}
 }
 
 func originTable(sectors uint64, real string) dmtable.Table {
-	return dmtable.Table{{Start: 0, Length: sectors, Type: "snapshot-origin", Params: real}}
+	return dmtable.Table{dmtable.SnapshotOrigin(0, sectors, real)}
 }
 
+// mergeTable merges the store into origin; a merge always takes the plain
+// persistent store (P), whatever overflow policy the snapshot had.
 func mergeTable(sectors uint64, origin, cow string, s *Store) dmtable.Table {
-	return dmtable.Table{{Start: 0, Length: sectors, Type: "snapshot-merge",
-		Params: fmt.Sprintf("%s %s P %d", origin, cow, s.ChunkSectors)}}
+	p := snapshotParams(origin, cow, s)
+	p.Store = dmtable.Persistent
+	return dmtable.Table{dmtable.SnapshotMerge(0, sectors, p)}
 }
 
 func mapperPath(name string) string { return "/dev/mapper/" + name }

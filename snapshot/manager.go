@@ -1,6 +1,7 @@
 package snapshot
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -11,7 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/hashicorp/go-multierror"
 	"github.com/snapctl/snapctl/internal/crashhook"
 )
 
@@ -64,7 +64,11 @@ type volume struct {
 	lk  *volumeLock
 }
 
-func (m *Manager) lock(name string) (*volume, error) {
+// lock takes a volume's lock; a cancelled ctx takes nothing.
+func (m *Manager) lock(ctx context.Context, name string) (*volume, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	if err := CheckName(name); err != nil {
 		return nil, err
 	}
@@ -76,8 +80,8 @@ func (m *Manager) lock(name string) (*volume, error) {
 }
 
 // open locks a volume and reads its record.
-func (m *Manager) open(name string) (*volume, error) {
-	v, err := m.lock(name)
+func (m *Manager) open(ctx context.Context, name string) (*volume, error) {
+	v, err := m.lock(ctx, name)
 	if err != nil {
 		return nil, err
 	}
@@ -168,8 +172,8 @@ func (v *volume) checkFree() error {
 // Attach creates /dev/mapper/NAME as a linear map of origin, so that a
 // filesystem can be mounted on it and snapshotted live later. Attaching an
 // attached volume again is a no-op.
-func (m *Manager) Attach(name, origin string) error {
-	v, err := m.lock(name)
+func (m *Manager) Attach(ctx context.Context, name, origin string) error {
+	v, err := m.lock(ctx, name)
 	if err != nil {
 		return err
 	}
@@ -178,6 +182,9 @@ func (m *Manager) Attach(name, origin string) error {
 	var unknown *UnknownVolumeError
 	switch {
 	case errors.As(err, &unknown):
+		if err := m.checkNotGroup(name); err != nil {
+			return err
+		}
 		d, err := m.fs.devOf(origin)
 		if err != nil {
 			return fmt.Errorf("attach %q: %w", name, err)
@@ -189,12 +196,12 @@ func (m *Manager) Attach(name, origin string) error {
 		v.rec = rec
 		if rec.Origin.Path != origin {
 			if d, err := m.fs.devOf(origin); err != nil || d.Dev != rec.Origin.Dev {
-				return &RefusedError{Volume: name, Op: "attach", Reason: fmt.Sprintf("the volume is attached to %s, not %s", rec.Origin.Path, origin),
-					Hint: "use another volume name for " + origin + ", or `snapctl detach " + name + "` first"}
+				return &RefusedError{Volume: name, Op: "attach", Kind: RefusedOtherOrigin, Device: origin,
+					Reason: fmt.Sprintf("the volume is attached to %s, not %s", rec.Origin.Path, origin)}
 			}
 		}
 		if rec.Phase != PhaseAttached {
-			return m.activate(v)
+			return m.activate(ctx, v)
 		}
 	}
 	if err := v.checkOrigin(); err != nil {
@@ -214,8 +221,8 @@ func (m *Manager) Attach(name, origin string) error {
 
 // Detach forgets an attached volume: it removes /dev/mapper/NAME (which must
 // not be open) and the state record.
-func (m *Manager) Detach(name string) error {
-	v, err := m.open(name)
+func (m *Manager) Detach(ctx context.Context, name string) error {
+	v, err := m.open(ctx, name)
 	if err != nil {
 		return err
 	}
@@ -254,5 +261,5 @@ func joinErr(err, undo error) error {
 	if undo == nil {
 		return err
 	}
-	return multierror.Append(err, fmt.Errorf("undo: %w", undo))
+	return errors.Join(err, fmt.Errorf("undo: %w", undo))
 }

@@ -1,20 +1,27 @@
 package snapshot
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"time"
+
+	"github.com/snapctl/snapctl/dmtable"
+	"github.com/snapctl/snapctl/merge"
 )
 
 // Merge merges the store into the origin (the low-level verb: rollback in
 // checkpoint mode, commit in update mode). With wait false it returns once
-// the kernel has taken the merge over.
-func (m *Manager) Merge(name string, wait bool) error {
-	v, err := m.open(name)
+// the kernel has taken the merge over. When ctx ends while the merge is
+// waited for, Merge returns ctx's error and the kernel goes on merging: the
+// volume stays merging, and Merge or Activate again finishes it.
+func (m *Manager) Merge(ctx context.Context, name string, wait bool) error {
+	v, err := m.open(ctx, name)
 	if err != nil {
 		return err
 	}
 	defer v.close()
-	return v.merge("merge", wait)
+	return v.merge(ctx, "merge", wait)
 }
 
 // storeState reads the kernel's view of the snapshot before a merge.
@@ -27,23 +34,34 @@ func (v *volume) checkMergeable(op string) error {
 	if err != nil {
 		return fmt.Errorf("%s %q: status of %q: %w", op, v.name(), dev, err)
 	}
-	if !st.ok() {
-		return &StoreUnusableError{Volume: v.name(), State: st.State}
+	if st.State != dmtable.SnapshotActive {
+		return joinErr(&StoreUnusableError{Volume: v.name(), State: st.State}, v.noteUnusable(st.State))
 	}
-	magic, valid, err := v.m.k.readHeader(cowName(v.name()))
-	if err != nil {
+	h, err := v.m.k.readHeader(cowName(v.name()))
+	var bad *merge.CorruptError
+	switch {
+	case errors.As(err, &bad):
+		return &StoreUnusableError{Volume: v.name(), State: dmtable.SnapshotInvalid, Header: "bad header: " + bad.Error()}
+	case err != nil:
 		return fmt.Errorf("%s %q: read the store header: %w", op, v.name(), err)
-	}
-	if magic != snapMagic || valid != 1 {
-		return &StoreUnusableError{Volume: v.name(), State: fmt.Sprintf("bad header: magic %#x, valid %d", magic, valid)}
+	case h.Fresh() || !h.Valid:
+		// A store the kernel never wrote, or one it invalidated, merges as
+		// a silent no-op. One it invalidated stays refused for good.
+		if !h.Fresh() {
+			if err := v.noteUnusable(dmtable.SnapshotInvalid); err != nil {
+				return err
+			}
+		}
+		valid := 0
+		if h.Valid {
+			valid = 1
+		}
+		return &StoreUnusableError{Volume: v.name(), State: dmtable.SnapshotInvalid, Header: fmt.Sprintf("bad header: magic %#x, valid %d", h.Magic, valid)}
 	}
 	return nil
 }
 
-// snapMagic is the persistent exception store's header magic ("SnAp").
-const snapMagic = 0x70416e53
-
-func (v *volume) merge(op string, wait bool) error {
+func (v *volume) merge(ctx context.Context, op string, wait bool) error {
 	switch v.rec.Phase {
 	case PhasePrepared, PhaseMerging:
 	case PhaseAttached:
@@ -55,6 +73,12 @@ func (v *volume) merge(op string, wait bool) error {
 		return err
 	}
 	if v.rec.Phase == PhasePrepared {
+		if err := v.groupAllows(op, "merge"); err != nil {
+			return err
+		}
+		if err := v.checkUsable(op); err != nil {
+			return err
+		}
 		// A deactivated volume (or one not activated since boot) gets its
 		// stack back first: the kernel's view of the store decides below.
 		if err := v.buildPrepared(PhasePrepared); err != nil {
@@ -81,7 +105,7 @@ func (v *volume) merge(op string, wait bool) error {
 	}
 	if !done && !wait {
 		// A merge with nothing left (a small store) is finished now.
-		if st, err := v.m.k.status(v.name()); err != nil || !st.merged() {
+		if st, err := v.m.k.status(v.name()); err != nil || !st.Merged() {
 			v.rec.event(op, "merge handed over to the kernel")
 			return v.save()
 		}
@@ -90,7 +114,7 @@ func (v *volume) merge(op string, wait bool) error {
 		if err := v.step(PhaseMerging, "merge:wait"); err != nil {
 			return err
 		}
-		if err := v.waitMerged(); err != nil {
+		if err := v.waitMerged(ctx); err != nil {
 			return fmt.Errorf("%s %q: %w", op, v.name(), err)
 		}
 	}
@@ -122,7 +146,7 @@ func (v *volume) handover() (done bool, err error) {
 	if err != nil {
 		return false, err
 	}
-	if lt == "linear" {
+	if lt == dmtable.TypeLinear {
 		cur, err := v.m.k.table(name)
 		if err != nil {
 			return false, err
@@ -144,7 +168,7 @@ func (v *volume) handover() (done bool, err error) {
 	}
 	want := mergeTable(v.rec.Origin.Sectors, helper, cow, v.rec.Store)
 	switch lt {
-	case "snapshot-origin", "snapshot":
+	case dmtable.TypeSnapshotOrigin, dmtable.TypeSnapshot:
 		if err := v.suspendIfNeeded(name); err != nil {
 			return false, err
 		}
@@ -157,7 +181,7 @@ func (v *volume) handover() (done bool, err error) {
 		if err := v.m.k.resume(name); err != nil {
 			return false, err
 		}
-	case "snapshot-merge":
+	case dmtable.TypeSnapshotMerge:
 		if err := v.ensure(name, want); err != nil {
 			return false, err
 		}
@@ -165,7 +189,7 @@ func (v *volume) handover() (done bool, err error) {
 		// the kernel refuses a second merge table over the same store while
 		// it exists: remove NAME and build it again; the new target re-reads
 		// the store and goes on from where the merge stopped.
-		if st, err := v.m.k.status(name); err == nil && st.State == "merge failed" {
+		if st, err := v.m.k.status(name); err == nil && st.State == dmtable.SnapshotMergeFailed {
 			if n, err := v.openCount(); err != nil {
 				return false, err
 			} else if n > 0 {
@@ -179,6 +203,11 @@ func (v *volume) handover() (done bool, err error) {
 			}
 		}
 	default:
+		// Nothing holds the store (a merge resumed after a reboot): check
+		// it is still the one prepare made before the merge reads it.
+		if err := v.checkStore(); err != nil {
+			return false, err
+		}
 		if err := v.ensure(name, want); err != nil {
 			return false, err
 		}
@@ -186,8 +215,8 @@ func (v *volume) handover() (done bool, err error) {
 	return false, v.removeIfExists(snapName(name))
 }
 
-// waitMerged polls NAME's status until the merge is complete.
-func (v *volume) waitMerged() error {
+// waitMerged polls NAME's status until the merge is complete or ctx ends.
+func (v *volume) waitMerged(ctx context.Context) error {
 	chunk := uint64(v.rec.Store.ChunkSectors)
 	var first uint64
 	for {
@@ -195,19 +224,25 @@ func (v *volume) waitMerged() error {
 		if err != nil {
 			return err
 		}
-		if !st.ok() {
+		if st.State != dmtable.SnapshotActive {
 			return &StoreUnusableError{Volume: v.name(), State: st.State}
 		}
-		left := st.Allocated - st.Metadata
+		left := st.DataSectors()
 		if first == 0 {
 			first = left
 		}
 		if v.m.Progress != nil {
 			v.m.Progress(MergeProgress{Volume: v.name(), Total: first, Remaining: left, ChunkBytes: chunk * 512})
 		}
-		if st.merged() {
+		if st.Merged() {
 			return nil
 		}
-		time.Sleep(v.m.Poll)
+		poll := time.NewTimer(v.m.Poll)
+		select {
+		case <-ctx.Done():
+			poll.Stop()
+			return fmt.Errorf("wait for the merge of %q: %w", v.name(), ctx.Err())
+		case <-poll.C:
+		}
 	}
 }

@@ -8,16 +8,19 @@ import (
 	"testing"
 
 	"github.com/snapctl/snapctl/dmtable"
+	"github.com/snapctl/snapctl/merge"
 )
 
 // modelKernel is device-mapper as the lifecycle sees it, in memory: devices
 // with a live and an inactive table, suspended or not. A snapshot-merge
-// table reads as merged at once. It records the calls that change
+// table reads as merged at once, unless merging is set. It records the calls that change
 // something, in order, as "op name [target type]".
 type modelKernel struct {
 	devs  map[string]*modelDev
 	next  int
 	calls []string
+	// merging keeps a snapshot-merge table unfinished, one data chunk left.
+	merging bool
 }
 
 type modelDev struct {
@@ -114,28 +117,31 @@ func (k *modelKernel) table(name string) (dmtable.Table, error) {
 	return d.live, nil
 }
 
-func (k *modelKernel) status(name string) (snapStatus, error) {
+func (k *modelKernel) status(name string) (dmtable.SnapshotStatus, error) {
 	d, err := k.get(name)
 	if err != nil {
-		return snapStatus{}, err
+		return dmtable.SnapshotStatus{}, err
 	}
 	if len(d.live) != 1 {
-		return snapStatus{}, fmt.Errorf("status of %q: %d targets, want 1", name, len(d.live))
+		return dmtable.SnapshotStatus{}, fmt.Errorf("status of %q: %d targets, want 1", name, len(d.live))
 	}
 	switch d.live[0].Type {
 	case "snapshot":
-		return snapStatus{State: "active", Allocated: 48, Total: 816, Metadata: 16}, nil
+		return dmtable.SnapshotStatus{State: dmtable.SnapshotActive, Allocated: 48, Total: 816, Metadata: 16}, nil
 	case "snapshot-merge":
-		return snapStatus{State: "active", Allocated: 16, Total: 816, Metadata: 16}, nil
+		if k.merging {
+			return dmtable.SnapshotStatus{State: dmtable.SnapshotActive, Allocated: 24, Total: 816, Metadata: 16}, nil
+		}
+		return dmtable.SnapshotStatus{State: dmtable.SnapshotActive, Allocated: 16, Total: 816, Metadata: 16}, nil
 	}
-	return snapStatus{}, fmt.Errorf("status of %q: a %s target", name, d.live[0].Type)
+	return dmtable.SnapshotStatus{}, fmt.Errorf("status of %q: a %s target", name, d.live[0].Type)
 }
 
 func (k *modelKernel) zeroHeader(name string, n int) error { _, err := k.get(name); return err }
 
-func (k *modelKernel) readHeader(name string) (uint32, uint32, error) {
+func (k *modelKernel) readHeader(name string) (merge.Header, error) {
 	_, err := k.get(name)
-	return snapMagic, 1, err
+	return merge.Header{Magic: merge.Magic, Valid: true, Version: merge.Version, ChunkSize: 8}, err
 }
 
 func (k *modelKernel) flushBuffers(path string) error {

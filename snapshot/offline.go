@@ -32,16 +32,25 @@ func (m *Manager) progressFile(name string) string {
 // idempotent); the store is invalidated only after the origin is durable,
 // and the volume then ends attached, as after a kernel merge.
 func (m *Manager) MergeOffline(ctx context.Context, name string, opts merge.OfflineOptions) (*merge.OfflineResult, error) {
-	v, err := m.open(name)
+	v, err := m.open(ctx, name)
 	if err != nil {
 		return nil, err
 	}
 	defer v.close()
 	switch {
 	case v.rec.Phase == PhasePrepared:
+		if err := v.groupAllows("merge --offline", "merge"); err != nil {
+			return nil, err
+		}
+		if err := v.checkUsable("merge --offline"); err != nil {
+			return nil, err
+		}
+		if err := v.checkStoreFile(); err != nil {
+			return nil, err
+		}
 	case v.rec.Phase == PhaseMerging && strings.HasPrefix(v.rec.Step, "merge:offline"):
 	case v.rec.Phase == PhaseAttached:
-		return nil, &WrongPhaseError{Volume: name, Op: "merge --offline", Phase: v.rec.Phase}
+		return nil, &WrongPhaseError{Volume: name, Op: "offline merge", Phase: v.rec.Phase}
 	default:
 		return nil, &InterruptedError{Volume: name, Phase: v.rec.Phase, Step: v.rec.Step, Command: v.rec.Command}
 	}
@@ -70,7 +79,7 @@ func (v *volume) mergeOffline(ctx context.Context, opts merge.OfflineOptions) (*
 		}
 		p, err := dmtable.PathByDev(maj, min)
 		if err != nil {
-			return nil, fmt.Errorf("merge --offline %q: store device %s: %w", name, s.Dev, err)
+			return nil, fmt.Errorf("offline merge %q: store device %s: %w", name, s.Dev, err)
 		}
 		segs = append(segs, merge.Segment{Path: p, Offset: int64(s.Offset) * 512, Length: int64(s.Length) * 512})
 	}
@@ -82,7 +91,7 @@ func (v *volume) mergeOffline(ctx context.Context, opts merge.OfflineOptions) (*
 	opts.Invalidate = true
 	res, err := merge.OfflinePaths(ctx, v.rec.Origin.Path, segs, opts)
 	if err != nil {
-		return nil, fmt.Errorf("merge --offline %q: %w", name, err)
+		return nil, fmt.Errorf("offline merge %q: %w", name, err)
 	}
 	// The copy wrote the origin with O_DIRECT, which drops the pages it
 	// overwrote from the origin's page cache; drop the whole cache anyway,
@@ -90,14 +99,14 @@ func (v *volume) mergeOffline(ctx context.Context, opts merge.OfflineOptions) (*
 	// sees the old content. A failure leaves the step at merge:offline,
 	// and a rerun finds the merge done and drops it again.
 	if err := v.m.k.flushBuffers(v.rec.Origin.Path); err != nil {
-		return nil, fmt.Errorf("merge --offline %q: %w", name, err)
+		return nil, fmt.Errorf("offline merge %q: %w", name, err)
 	}
 	if err := v.step(PhaseMerging, "merge:offline-release"); err != nil {
 		return nil, err
 	}
 	path := v.rec.Store.Path
 	if err := v.releaseStore(); err != nil {
-		return nil, fmt.Errorf("merge --offline %q: release store %s: %w", name, path, err)
+		return nil, fmt.Errorf("offline merge %q: release store %s: %w", name, path, err)
 	}
 	if err := os.Remove(v.m.progressFile(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err

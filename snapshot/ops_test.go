@@ -1,6 +1,8 @@
 package snapshot
 
 import (
+	"context"
+	"errors"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -12,6 +14,7 @@ import (
 // attached) and drops the origin's page cache after the size function read
 // it, except in a dry run.
 func TestPrepareSizesOnce(t *testing.T) {
+	ctx := t.Context()
 	for _, tc := range []struct {
 		name      string
 		attached  bool
@@ -25,18 +28,18 @@ func TestPrepareSizesOnce(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			m, k, dir := newModelManager(t)
 			if tc.attached {
-				if err := m.Attach("system", modelOrigin.Path); err != nil {
+				if err := m.Attach(ctx, "system", modelOrigin.Path); err != nil {
 					t.Fatal(err)
 				}
 			}
 			var sized []string
 			o := PrepareOptions{Name: "system", Origin: modelOrigin.Path, StorePath: filepath.Join(dir, "ota.cow"), Mode: Update, DryRun: tc.dryRun,
-				AutoBytes: func(origin string, chunkSectors uint32) (uint64, error) {
+				AutoBytes: func(_ context.Context, origin string, chunkSectors uint32) (uint64, error) {
 					sized = append(sized, origin)
 					k.calls = append(k.calls, "size "+origin)
 					return 417792, nil
 				}}
-			plan, err := m.Prepare(o)
+			plan, err := m.Prepare(ctx, o)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -69,19 +72,20 @@ func TestPrepareSizesOnce(t *testing.T) {
 // store into the origin drops the origin's page cache once the merge is
 // complete: the kernel writes the origin below it.
 func TestMergeDropsOriginCache(t *testing.T) {
+	ctx := t.Context()
 	for _, tc := range []struct {
 		name string
 		mode Mode
 		op   func(m *Manager) error
 	}{
-		{"update commit", Update, func(m *Manager) error { return m.Commit("vol") }},
-		{"checkpoint rollback", Checkpoint, func(m *Manager) error { return m.Rollback("vol", RollbackOptions{Wait: true}) }},
-		{"checkpoint merge", Checkpoint, func(m *Manager) error { return m.Merge("vol", true) }},
-		{"update merge, not waited for", Update, func(m *Manager) error { return m.Merge("vol", false) }},
+		{"update commit", Update, func(m *Manager) error { return m.Commit(ctx, "vol") }},
+		{"checkpoint rollback", Checkpoint, func(m *Manager) error { return m.Rollback(ctx, "vol", RollbackOptions{Wait: true}) }},
+		{"checkpoint merge", Checkpoint, func(m *Manager) error { return m.Merge(ctx, "vol", true) }},
+		{"update merge, not waited for", Update, func(m *Manager) error { return m.Merge(ctx, "vol", false) }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			m, k, dir := newModelManager(t)
-			_, err := m.Prepare(PrepareOptions{Name: "vol", Origin: modelOrigin.Path, StorePath: filepath.Join(dir, "store"), Mode: tc.mode, Bytes: 417792})
+			_, err := m.Prepare(ctx, PrepareOptions{Name: "vol", Origin: modelOrigin.Path, StorePath: filepath.Join(dir, "store"), Mode: tc.mode, Bytes: 417792})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -90,7 +94,7 @@ func TestMergeDropsOriginCache(t *testing.T) {
 				t.Fatal(err)
 			}
 			calls := k.calls[from:]
-			st, err := m.Status("vol")
+			st, err := m.Status(ctx, "vol")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -110,5 +114,36 @@ func TestMergeDropsOriginCache(t *testing.T) {
 				t.Errorf("got %d drops of a page cache, want 1; calls: %s", n, strings.Join(calls, "; "))
 			}
 		})
+	}
+}
+
+// TestMergeWaitCancelled checks that a merge wait ends when its context
+// does, leaves the volume merging, and that the next Merge finishes it.
+func TestMergeWaitCancelled(t *testing.T) {
+	m, k, dir := newModelManager(t)
+	if _, err := m.Prepare(t.Context(), PrepareOptions{Name: "vol", Origin: modelOrigin.Path, StorePath: filepath.Join(dir, "store"), Mode: Update, Bytes: 417792}); err != nil {
+		t.Fatal(err)
+	}
+	k.merging = true
+	ctx, cancel := context.WithCancel(t.Context())
+	m.Progress = func(MergeProgress) { cancel() }
+	err := m.Commit(ctx, "vol")
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("got %v, want the wait cancelled", err)
+	}
+	st, err := m.Status(t.Context(), "vol")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Phase != PhaseMerging || st.Step != "merge:wait" {
+		t.Fatalf("got phase %s at step %q, want merging at merge:wait", st.Phase, st.Step)
+	}
+	k.merging = false
+	m.Progress = nil
+	if err := m.Merge(t.Context(), "vol", true); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := m.Status(t.Context(), "vol"); err != nil || st.Phase != PhaseAttached {
+		t.Fatalf("got %v, %v after the second merge, want attached", st, err)
 	}
 }

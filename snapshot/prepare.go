@@ -1,6 +1,7 @@
 package snapshot
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -19,15 +20,15 @@ type PrepareOptions struct {
 	// Bytes is the store size; 0 means auto: AutoBytes in update mode, the
 	// store filesystem's free space less a reserve in checkpoint mode.
 	Bytes        uint64
-	AutoBytes    func(origin string, chunkSectors uint32) (uint64, error)
+	AutoBytes    func(ctx context.Context, origin string, chunkSectors uint32) (uint64, error)
 	MaxBytes     uint64 // cap for the checkpoint-mode auto size; 0 = none
 	ChunkSectors uint32
-	Overflow     string // "invalidate" (P) or "fail" (PO)
-	// Backend is "fiemap" (map the file's extents on the raw device; the
-	// default) or "loop" (a loop device over the file, for a filesystem
-	// mounted directly on a partition).
-	Backend string
-	DryRun  bool
+	Overflow     Overflow // OverflowInvalidate (the default) or OverflowFail
+	Backend      Backend  // BackendFIEMAP (the default) or BackendLoop
+	DryRun       bool
+	// Group is the update group the volume joins (package group records the
+	// membership on its side first).
+	Group string
 }
 
 // Plan is what Prepare does (or, with DryRun, would do).
@@ -38,9 +39,12 @@ type Plan struct {
 	StoreBytes uint64            `json:"store_bytes"`
 	SizeReason string            `json:"size_reason"`
 	ChunkBytes uint64            `json:"chunk_bytes"`
-	Tables     map[string]string `json:"tables"` // device name → table text
+	Tables     map[string]string `json:"tables"` // device name → table text (NAME-cow only once allocated)
 	Extents    int               `json:"extents,omitempty"`
 	DryRun     bool              `json:"dry_run"`
+	// Placement is, in a dry run, where the store would be; its segments
+	// (the NAME-cow table) are known only once the file is allocated.
+	Placement *Placement `json:"store_placement,omitempty"`
 }
 
 // reserve is what checkpoint-mode auto sizing leaves free on the store's
@@ -50,7 +54,10 @@ func reserve(total uint64) uint64 { return min(total/20, 256<<20) }
 // Prepare creates the store and builds the snapshot stack over the volume.
 // An unattached volume is attached first. If anything fails, everything
 // prepare did is undone and both errors are returned.
-func (m *Manager) Prepare(o PrepareOptions) (*Plan, error) {
+func (m *Manager) Prepare(ctx context.Context, o PrepareOptions) (*Plan, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	if o.Mode == "" {
 		o.Mode = Checkpoint
 	}
@@ -58,18 +65,21 @@ func (m *Manager) Prepare(o PrepareOptions) (*Plan, error) {
 		return nil, fmt.Errorf("prepare %q: unknown mode %q (want checkpoint or update)", o.Name, o.Mode)
 	}
 	if o.Overflow == "" {
-		o.Overflow = "invalidate"
+		o.Overflow = OverflowInvalidate
 	}
-	if o.Overflow != "invalidate" && o.Overflow != "fail" {
+	if o.Overflow != OverflowInvalidate && o.Overflow != OverflowFail {
 		return nil, fmt.Errorf("prepare %q: unknown overflow policy %q (want fail or invalidate)", o.Name, o.Overflow)
+	}
+	if err := checkOverflowMode(o); err != nil {
+		return nil, err
 	}
 	if o.ChunkSectors == 0 {
 		o.ChunkSectors = 8
 	}
 	if o.Backend == "" {
-		o.Backend = "fiemap"
+		o.Backend = BackendFIEMAP
 	}
-	if o.Backend != "fiemap" && o.Backend != "loop" {
+	if o.Backend != BackendFIEMAP && o.Backend != BackendLoop {
 		return nil, fmt.Errorf("prepare %q: unknown backend %q (want fiemap or loop)", o.Name, o.Backend)
 	}
 	if o.AutoBytes != nil {
@@ -85,19 +95,21 @@ func (m *Manager) Prepare(o PrepareOptions) (*Plan, error) {
 			return nil, err
 		}
 		// Refuse what the plan refuses before attaching anything.
-		plan, err := m.plan(nil, o)
+		plan, err := m.plan(ctx, nil, o)
 		if err != nil || o.DryRun {
 			return plan, err
 		}
-		if err := m.Attach(o.Name, o.Origin); err != nil {
+		if err := m.Attach(ctx, o.Name, o.Origin); err != nil {
 			return nil, err
 		}
 		attachedHere = true
 	}
-	plan, err := m.prepareAttached(o)
+	plan, err := m.prepareAttached(ctx, o)
 	if err != nil && attachedHere {
 		// The volume did not exist before: leave it so.
-		if derr := m.Detach(o.Name); derr != nil {
+		// Undo with a context of its own: a cancelled ctx must not leave
+		// the attach behind.
+		if derr := m.Detach(context.WithoutCancel(ctx), o.Name); derr != nil {
 			return nil, joinErr(err, derr)
 		}
 	}
@@ -112,16 +124,16 @@ func (m *Manager) Prepare(o PrepareOptions) (*Plan, error) {
 // the origin underneath (every write in checkpoint mode, the merge in
 // update mode), which would leave what f read there stale for buffered
 // readers.
-func (m *Manager) sizeOnce(f func(origin string, chunkSectors uint32) (uint64, error), dropCache bool) func(string, uint32) (uint64, error) {
+func (m *Manager) sizeOnce(f func(ctx context.Context, origin string, chunkSectors uint32) (uint64, error), dropCache bool) func(context.Context, string, uint32) (uint64, error) {
 	var (
 		done bool
 		n    uint64
 		err  error
 	)
-	return func(origin string, chunkSectors uint32) (uint64, error) {
+	return func(ctx context.Context, origin string, chunkSectors uint32) (uint64, error) {
 		if !done {
 			done = true
-			n, err = f(origin, chunkSectors)
+			n, err = f(ctx, origin, chunkSectors)
 			if err == nil && dropCache {
 				err = m.k.flushBuffers(origin)
 			}
@@ -130,8 +142,8 @@ func (m *Manager) sizeOnce(f func(origin string, chunkSectors uint32) (uint64, e
 	}
 }
 
-func (m *Manager) prepareAttached(o PrepareOptions) (*Plan, error) {
-	v, err := m.open(o.Name)
+func (m *Manager) prepareAttached(ctx context.Context, o PrepareOptions) (*Plan, error) {
+	v, err := m.open(ctx, o.Name)
 	if err != nil {
 		return nil, err
 	}
@@ -144,15 +156,15 @@ func (m *Manager) prepareAttached(o PrepareOptions) (*Plan, error) {
 	}
 	if o.Origin != "" && o.Origin != v.rec.Origin.Path {
 		if d, err := m.fs.devOf(o.Origin); err != nil || d.Dev != v.rec.Origin.Dev {
-			return nil, &RefusedError{Volume: o.Name, Op: "prepare", Reason: fmt.Sprintf("the volume's origin is %s, not %s", v.rec.Origin.Path, o.Origin),
-				Hint: "leave out --origin, or use another volume name for " + o.Origin}
+			return nil, &RefusedError{Volume: o.Name, Op: "prepare", Kind: RefusedOtherOrigin, Device: o.Origin,
+				Reason: fmt.Sprintf("the volume's origin is %s, not %s", v.rec.Origin.Path, o.Origin)}
 		}
 	}
 	if err := v.checkOrigin(); err != nil {
 		return nil, err
 	}
 	v.cleanup()
-	plan, err := m.plan(v, o)
+	plan, err := m.plan(ctx, v, o)
 	if err != nil || o.DryRun {
 		return plan, err
 	}
@@ -176,15 +188,14 @@ func (m *Manager) prepareAttached(o PrepareOptions) (*Plan, error) {
 
 // plan checks the request and sizes the store; v is nil for a volume not
 // attached yet (dry run only).
-func (m *Manager) plan(v *volume, o PrepareOptions) (*Plan, error) {
+func (m *Manager) plan(ctx context.Context, v *volume, o PrepareOptions) (*Plan, error) {
 	chunkBytes := uint64(o.ChunkSectors) * 512
 	var origin Device
 	if v != nil {
 		origin = v.rec.Origin
 	} else {
 		if o.Origin == "" {
-			return nil, &RefusedError{Volume: o.Name, Op: "prepare", Reason: "the volume is not attached and no --origin was given",
-				Hint: "give --origin DEV, or `snapctl attach " + o.Name + " --origin DEV` first"}
+			return nil, &RefusedError{Volume: o.Name, Op: "prepare", Kind: RefusedNoOrigin, Reason: "the volume is not attached and no origin device was given"}
 		}
 		d, err := m.fs.devOf(o.Origin)
 		if err != nil {
@@ -193,26 +204,26 @@ func (m *Manager) plan(v *volume, o PrepareOptions) (*Plan, error) {
 		origin = d
 	}
 	if origin.Sectors < uint64(o.ChunkSectors) {
-		return nil, &RefusedError{Volume: o.Name, Op: "prepare", Reason: fmt.Sprintf("origin %s (%d bytes) is smaller than one chunk (%d bytes)", origin.Path, origin.Sectors*512, chunkBytes),
-			Hint: "snapshot a larger device, or choose a smaller --chunk-size"}
+		return nil, &RefusedError{Volume: o.Name, Op: "prepare", Kind: RefusedOriginTooSmall, Device: origin.Path,
+			Reason: fmt.Sprintf("origin %s (%d bytes) is smaller than one chunk (%d bytes)", origin.Path, origin.Sectors*512, chunkBytes)}
 	}
 	if o.StorePath == "" {
-		return nil, &RefusedError{Volume: o.Name, Op: "prepare", Reason: "no store path given", Hint: "give --store PATH on an ext4, xfs or f2fs filesystem"}
+		return nil, &RefusedError{Volume: o.Name, Op: "prepare", Kind: RefusedNoStorePath, Reason: "no store path given"}
 	}
 	if err := fiemap.CheckStorePath(o.StorePath); err != nil {
 		return nil, err
 	}
 	if _, err := os.Lstat(o.StorePath); err == nil {
-		return nil, &RefusedError{Volume: o.Name, Op: "prepare", Reason: fmt.Sprintf("store %s already exists (a file or a symbolic link)", o.StorePath),
-			Hint: "choose a new --store path; remove the old file only if no volume uses it (`snapctl status`)"}
+		return nil, &RefusedError{Volume: o.Name, Op: "prepare", Kind: RefusedStoreExists,
+			Reason: fmt.Sprintf("store %s already exists (a file or a symbolic link)", o.StorePath)}
 	}
 	_, free, total, err := m.fs.fsOf(o.StorePath)
 	if err != nil {
 		return nil, fmt.Errorf("prepare %q: store %s: %w", o.Name, o.StorePath, err)
 	}
 	if fi, err := os.Stat(filepath.Dir(o.StorePath)); err == nil && fi.Mode().Perm()&0o002 != 0 {
-		return nil, &RefusedError{Volume: o.Name, Op: "prepare", Reason: fmt.Sprintf("the store's directory %s is writable by everyone (%v): others could replace or remove the store", filepath.Dir(o.StorePath), fi.Mode()),
-			Hint: "put the store in a directory only root can write, e.g. mkdir -m 700 DIR"}
+		return nil, &RefusedError{Volume: o.Name, Op: "prepare", Kind: RefusedStoreDirShared,
+			Reason: fmt.Sprintf("the store's directory %s is writable by everyone (%v): others could replace or remove the store", filepath.Dir(o.StorePath), fi.Mode())}
 	}
 	if err := m.checkStateDir(o.Name, origin); err != nil {
 		return nil, err
@@ -222,7 +233,7 @@ func (m *Manager) plan(v *volume, o PrepareOptions) (*Plan, error) {
 	case o.Bytes > 0:
 		p.StoreBytes, p.SizeReason = o.Bytes, "as requested"
 	case o.AutoBytes != nil:
-		n, err := o.AutoBytes(origin.Path, o.ChunkSectors)
+		n, err := o.AutoBytes(ctx, origin.Path, o.ChunkSectors)
 		if err != nil {
 			return nil, fmt.Errorf("prepare %q: size the store: %w", o.Name, err)
 		}
@@ -239,7 +250,7 @@ func (m *Manager) plan(v *volume, o PrepareOptions) (*Plan, error) {
 			p.SizeReason += fmt.Sprintf(", capped by --max-size at %d bytes", o.MaxBytes)
 		}
 	default:
-		return nil, fmt.Errorf("prepare %q: update mode needs --size BYTES, or --size auto with --changes or --new-image", o.Name)
+		return nil, fmt.Errorf("prepare %q: %w", o.Name, ErrNoStoreSize)
 	}
 	// Whole chunks, at least the header, one metadata area and one data chunk.
 	p.StoreBytes = (p.StoreBytes + chunkBytes - 1) / chunkBytes * chunkBytes
@@ -251,7 +262,12 @@ func (m *Manager) plan(v *volume, o PrepareOptions) (*Plan, error) {
 	}
 	cow, helper := mapperPath(cowName(o.Name)), mapperPath(realName(o.Name))
 	s := &Store{ChunkSectors: o.ChunkSectors, Overflow: o.Overflow}
-	p.Tables[cowName(o.Name)] = fmt.Sprintf("linear segments over the extents of %s, resolved at allocation", o.StorePath)
+	if o.DryRun {
+		// NAME-cow's table is known only once the file is allocated.
+		if p.Placement, err = m.fs.placement(o.StorePath, o.Backend); err != nil {
+			return nil, fmt.Errorf("prepare %q: store %s: %w", o.Name, o.StorePath, err)
+		}
+	}
 	if o.Mode == Checkpoint {
 		p.Tables[realName(o.Name)] = linearTable(origin).String()
 		p.Tables[snapName(o.Name)] = snapshotTable(origin.Sectors, helper, cow, s).String()
@@ -273,7 +289,7 @@ func (m *Manager) checkStateDir(name string, origin Device) error {
 	dev := devString(uint64(st.Dev))
 	inf, _ := m.k.info(name)
 	if dev == origin.Dev || (inf.Exists && dev == inf.Dev) {
-		return &UnsafeStateDirError{Dir: m.Dir, Reason: fmt.Sprintf("is on the volume's origin (%s): a rollback would rewind the state record itself; use --state-dir on another filesystem", dev)}
+		return &UnsafeStateDirError{Dir: m.Dir, Reason: fmt.Sprintf("is on the volume's origin (%s): a rollback would rewind the state record itself", dev)}
 	}
 	return nil
 }
@@ -291,19 +307,19 @@ func (v *volume) devOf(name string) (string, error) {
 }
 
 func (v *volume) prepare(o PrepareOptions, p *Plan) error {
-	v.rec.Mode = o.Mode
+	v.rec.Mode, v.rec.Group = o.Mode, o.Group
 	fsDev, _, _, err := v.m.fs.fsOf(o.StorePath)
 	if err != nil {
 		return err
 	}
-	loop := o.Backend == "loop"
+	loop := o.Backend == BackendLoop
 	if loop {
 		inf, err := v.m.k.info(v.name())
 		if err != nil {
 			return err
 		}
 		if fsDev == v.rec.Origin.Dev || (inf.Exists && fsDev == inf.Dev) {
-			return &StoreOnOriginError{Path: o.StorePath, Reason: "is on the volume itself; with --backend loop the store is written through its filesystem, which would copy-on-write the store into itself"}
+			return &StoreOnOriginError{Path: o.StorePath, Reason: "is on the volume itself; with the loop backend the store is written through its filesystem, which would copy-on-write the store into itself"}
 		}
 	}
 	v.rec.Store = &Store{Path: o.StorePath, FSDev: fsDev, Bytes: p.StoreBytes, ChunkSectors: o.ChunkSectors, Backend: o.Backend, Overflow: o.Overflow}
@@ -334,11 +350,15 @@ func (v *volume) prepare(o PrepareOptions, p *Plan) error {
 	}
 	v.rec.Store.Segments = segs
 	p.Extents = len(segs)
-	p.Tables[cowName(v.name())] = cowTable(v.rec.Store).String()
+	cowT, err := cowTable(v.rec.Store)
+	if err != nil {
+		return err
+	}
+	p.Tables[cowName(v.name())] = cowT.String()
 	if err := v.step(PhasePreparing, "prepare:cow"); err != nil {
 		return err
 	}
-	if err := v.ensure(cowName(v.name()), cowTable(v.rec.Store)); err != nil {
+	if err := v.ensure(cowName(v.name()), cowT); err != nil {
 		return fmt.Errorf("create %q: %w", cowName(v.name()), err)
 	}
 	if err := v.m.k.zeroHeader(cowName(v.name()), int(o.ChunkSectors)*512); err != nil {
@@ -366,6 +386,13 @@ func (v *volume) buildPrepared(phase Phase) error {
 	}
 	if err := v.buildLower(); err != nil {
 		return err
+	}
+	if phase != PhasePreparing {
+		// A store found again (activate, merge) must still be the one
+		// prepare made before a snapshot table is loaded over it.
+		if err := v.checkStore(); err != nil {
+			return err
+		}
 	}
 	cow, err := v.devOf(cowName(name))
 	if err != nil {
@@ -457,6 +484,12 @@ func (v *volume) prepared(phase Phase) error {
 		}
 		v.rec.Step, v.rec.Command = "", ""
 		return v.save()
+	}
+	// The kernel wrote the store's header when it loaded the snapshot, and
+	// a prepared store whose header reads as zeroed is refused later: make
+	// it durable before the record says prepared.
+	if err := v.m.k.syncDevice(cowName(v.name())); err != nil {
+		return fmt.Errorf("flush %q: %w", cowName(v.name()), err)
 	}
 	return v.settle(PhasePrepared, "prepare", fmt.Sprintf("%s mode, store %s, %d bytes, %d extents", v.rec.Mode, v.rec.Store.Path, v.rec.Store.Bytes, len(v.rec.Store.Segments)))
 }

@@ -212,7 +212,7 @@ func (v *volume) originHelper() string {
 // buildLower makes NAME-cow and NAME-real/NAME-base exist and be live.
 func (v *volume) buildLower() error {
 	name := v.name()
-	if s := v.rec.Store; s.Backend == "loop" {
+	if s := v.rec.Store; s.Backend == BackendLoop {
 		// The loop device's number may differ after a reboot.
 		segs, err := v.m.fs.loopSegments(s.Path, s.Inode)
 		if err != nil {
@@ -225,16 +225,15 @@ func (v *volume) buildLower() error {
 			}
 		}
 	}
-	if err := v.ensure(cowName(name), cowTable(v.rec.Store)); err != nil {
+	cowT, err := cowTable(v.rec.Store)
+	if err != nil {
+		return err
+	}
+	if err := v.ensure(cowName(name), cowT); err != nil {
 		return fmt.Errorf("build %q: %w", cowName(name), err)
 	}
 	if err := v.ensure(v.originHelper(), linearTable(v.rec.Origin)); err != nil {
 		return fmt.Errorf("build %q: %w", v.originHelper(), err)
 	}
 	return nil
-}
-
-func (v *volume) mergeTable() dmtable.Table {
-	name := v.name()
-	return mergeTable(v.rec.Origin.Sectors, mapperPath(v.originHelper()), mapperPath(cowName(name)), v.rec.Store)
 }

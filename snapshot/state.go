@@ -9,6 +9,9 @@ import (
 	"regexp"
 	"strings"
 	"time"
+
+	"github.com/snapctl/snapctl/dmtable"
+	"github.com/snapctl/snapctl/internal/atomicfile"
 )
 
 // FormatVersion is the version of the state record's JSON form.
@@ -47,6 +50,31 @@ func (p Phase) Busy() bool {
 	return false
 }
 
+// Backend is how NAME-cow reaches the store file's blocks.
+type Backend string
+
+const (
+	// BackendFIEMAP maps the file's extents (FIEMAP) on the raw devices
+	// beneath its filesystem; the file is immutable while it is mapped.
+	BackendFIEMAP Backend = "fiemap"
+	// BackendLoop puts a loop device with direct I/O over the file, for a
+	// filesystem mounted directly on a partition; the kernel then writes the
+	// store through its filesystem.
+	BackendLoop Backend = "loop"
+)
+
+// Overflow is what a full store does to the snapshot.
+type Overflow string
+
+const (
+	// OverflowInvalidate (table "P"): the kernel invalidates the snapshot.
+	OverflowInvalidate Overflow = "invalidate"
+	// OverflowFail (table "PO"): writes to the snapshot fail and the
+	// snapshot stays valid; an origin write that finds the store full still
+	// invalidates it.
+	OverflowFail Overflow = "fail"
+)
+
 // Device identifies a block device by the path the user gave, the device
 // number it had then, and its size, so a renumbered device is detected.
 type Device struct {
@@ -76,9 +104,15 @@ type Store struct {
 	Inode        uint64    `json:"inode"`
 	Bytes        uint64    `json:"bytes"`
 	ChunkSectors uint32    `json:"chunk_sectors"`
-	Backend      string    `json:"backend"`  // "fiemap"
-	Overflow     string    `json:"overflow"` // "invalidate" or "fail" (PO)
+	Backend      Backend   `json:"backend"`
+	Overflow     Overflow  `json:"overflow"`
 	Segments     []Segment `json:"segments"`
+	// Unusable is "overflow" or "invalid" once any snapctl command saw the
+	// kernel report the store so (or found its header marked invalid). The
+	// kernel keeps Overflow in memory only: after a deactivate or a reboot
+	// the store loads clean, so the record remembers it, and a store marked
+	// here is never merged. Empty in records written before the field.
+	Unusable string `json:"unusable,omitempty"`
 }
 
 // Sectors is the size of the mapped store.
@@ -112,11 +146,14 @@ type Record struct {
 	// on a volume that was never attached): undoing prepare removes it.
 	Created bool `json:"created,omitempty"`
 	// Scheduled is an operation to run at the next activate ("rollback").
-	Scheduled string  `json:"scheduled,omitempty"`
-	Origin    Device  `json:"origin"`
-	Store     *Store  `json:"store,omitempty"`
-	Cleanup   []Store `json:"cleanup,omitempty"` // store files to delete once reachable
-	History   []Event `json:"history,omitempty"`
+	Scheduled string `json:"scheduled,omitempty"`
+	// Group is the update group the volume was prepared into: the group's
+	// record decides its outcome (see GroupGate).
+	Group   string  `json:"group,omitempty"`
+	Origin  Device  `json:"origin"`
+	Store   *Store  `json:"store,omitempty"`
+	Cleanup []Store `json:"cleanup,omitempty"` // store files to delete once reachable
+	History []Event `json:"history,omitempty"`
 }
 
 func (r *Record) event(name, detail string) {
@@ -214,6 +251,11 @@ func (r *Record) check(name string) error {
 	default:
 		return fmt.Errorf("unknown phase %q", r.Phase)
 	}
+	if r.Group != "" {
+		if err := CheckName(r.Group); err != nil {
+			return fmt.Errorf("group: %w", err)
+		}
+	}
 	if r.Origin.Path == "" || r.Origin.Dev == "" || r.Origin.Sectors == 0 {
 		return errors.New("origin device is missing")
 	}
@@ -226,8 +268,8 @@ func (r *Record) check(name string) error {
 		}
 	}
 	if s := r.Store; s != nil {
-		if s.ChunkSectors == 0 || s.ChunkSectors&(s.ChunkSectors-1) != 0 {
-			return fmt.Errorf("store chunk size %d sectors is not a power of two", s.ChunkSectors)
+		if !dmtable.ValidChunkSectors(uint64(s.ChunkSectors)) {
+			return fmt.Errorf("store chunk size %d sectors is not a power of two up to %d", s.ChunkSectors, dmtable.MaxChunkSectors)
 		}
 		if r.Phase != PhasePreparing && len(s.Segments) == 0 {
 			return errors.New("store has no extents")
@@ -250,42 +292,5 @@ func writeRecord(dir string, r *Record) error {
 		return err
 	}
 	b = append(b, '\n')
-	return atomicWrite(recordPath(dir, r.Name), b)
-}
-
-func atomicWrite(path string, b []byte) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	if err := f.Chmod(0o600); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("sync %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("replace %s: %w", path, err)
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("sync directory %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync directory %s: %w", dir, err)
-	}
-	return nil
+	return atomicfile.Write(recordPath(dir, r.Name), b, 0o600)
 }

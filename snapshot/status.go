@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/snapctl/snapctl/cowsize"
+	"github.com/snapctl/snapctl/dmtable"
 )
 
 // DeviceStatus is one device of a volume's stack as the kernel sees it.
@@ -21,13 +22,13 @@ type DeviceStatus struct {
 
 // Usage is how full the store is, from the kernel's snapshot status.
 type Usage struct {
-	State            string  `json:"state"` // active, invalid, overflow, merge failed, unknown
-	AllocatedSectors uint64  `json:"allocated_sectors"`
-	TotalSectors     uint64  `json:"total_sectors"`
-	MetadataSectors  uint64  `json:"metadata_sectors"`
-	DataChunks       uint64  `json:"data_chunks"`
-	ChunksLeft       uint64  `json:"chunks_left"` // data chunks that still fit
-	PercentFull      float64 `json:"percent_full"`
+	State            dmtable.SnapshotState `json:"state"` // active, invalid, overflow, merge failed, unknown
+	AllocatedSectors uint64                `json:"allocated_sectors"`
+	TotalSectors     uint64                `json:"total_sectors"`
+	MetadataSectors  uint64                `json:"metadata_sectors"`
+	DataChunks       uint64                `json:"data_chunks"`
+	ChunksLeft       uint64                `json:"chunks_left"` // data chunks that still fit
+	PercentFull      float64               `json:"percent_full"`
 }
 
 // VolumeStatus is everything `snapctl status` reports about a volume.
@@ -39,6 +40,7 @@ type VolumeStatus struct {
 	Step          string         `json:"step,omitempty"`
 	Command       string         `json:"command,omitempty"`
 	Scheduled     string         `json:"scheduled,omitempty"`
+	Group         string         `json:"group,omitempty"`
 	Origin        Device         `json:"origin"`
 	Store         *Store         `json:"store,omitempty"`
 	Extents       int            `json:"extents"`
@@ -52,7 +54,10 @@ type VolumeStatus struct {
 
 // Status reads a volume's record and its devices' kernel state without
 // taking the volume's lock, so it works while an operation runs.
-func (m *Manager) Status(name string) (*VolumeStatus, error) {
+func (m *Manager) Status(ctx context.Context, name string) (*VolumeStatus, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	if err := CheckName(name); err != nil {
 		return nil, err
 	}
@@ -61,7 +66,7 @@ func (m *Manager) Status(name string) (*VolumeStatus, error) {
 		return nil, err
 	}
 	s := &VolumeStatus{SchemaVersion: 1, Name: name, Mode: rec.Mode, Phase: rec.Phase, Step: rec.Step, Command: rec.Command,
-		Scheduled: rec.Scheduled, Origin: rec.Origin, Store: rec.Store, History: rec.History}
+		Scheduled: rec.Scheduled, Group: rec.Group, Origin: rec.Origin, Store: rec.Store, History: rec.History}
 	s.Devices = []DeviceStatus{}
 	if rec.Store != nil {
 		s.Extents = len(rec.Store.Segments)
@@ -97,7 +102,7 @@ func (m *Manager) Status(name string) (*VolumeStatus, error) {
 		return s, err
 	}
 	t, err := m.k.table(src)
-	if err != nil || len(t) != 1 || (t[0].Type != "snapshot" && t[0].Type != "snapshot-merge") {
+	if err != nil || len(t) != 1 || (t[0].Type != dmtable.TypeSnapshot && t[0].Type != dmtable.TypeSnapshotMerge) {
 		return s, err
 	}
 	st, err := m.k.status(src)
@@ -106,15 +111,18 @@ func (m *Manager) Status(name string) (*VolumeStatus, error) {
 	}
 	u := &Usage{State: st.State, AllocatedSectors: st.Allocated, TotalSectors: st.Total, MetadataSectors: st.Metadata}
 	chunk := uint64(rec.Store.ChunkSectors)
-	if st.ok() && chunk > 0 {
-		u.DataChunks = (st.Allocated - st.Metadata) / chunk
+	if st.State == dmtable.SnapshotActive && chunk > 0 {
+		u.DataChunks = st.DataSectors() / chunk
 		if st.Total > 0 {
 			u.PercentFull = float64(st.Allocated) * 100 / float64(st.Total)
 		}
 		u.ChunksLeft = chunksLeft(st.Total/chunk, u.DataChunks, chunk)
 	}
 	s.Usage = u
-	if t[0].Type == "snapshot-merge" {
+	if u := unusableState(st.State); u != "" && rec.Store.Unusable == "" && m.noteUnusableUnlocked(ctx, name, st.State) {
+		rec.Store.Unusable = u
+	}
+	if t[0].Type == dmtable.TypeSnapshotMerge {
 		left := u.DataChunks
 		s.MergeChunksLeft = &left
 	}
@@ -157,7 +165,7 @@ func (m *Manager) Monitor(ctx context.Context, o MonitorOptions) error {
 			}
 		}
 		for _, n := range names {
-			m.monitorOne(n, o, warned)
+			m.monitorOne(ctx, n, o, warned)
 		}
 		select {
 		case <-ctx.Done():
@@ -167,7 +175,7 @@ func (m *Manager) Monitor(ctx context.Context, o MonitorOptions) error {
 	}
 }
 
-func (m *Manager) monitorOne(name string, o MonitorOptions, warned map[string]string) {
+func (m *Manager) monitorOne(ctx context.Context, name string, o MonitorOptions, warned map[string]string) {
 	report := func(msg string, warning bool) {
 		if warned[name] == msg {
 			return
@@ -177,17 +185,17 @@ func (m *Manager) monitorOne(name string, o MonitorOptions, warned map[string]st
 			o.Report(name, msg, warning)
 		}
 	}
-	s, err := m.Status(name)
+	s, err := m.Status(ctx, name)
 	if err != nil {
 		report(fmt.Sprintf("cannot read status: %v", err), true)
 		return
 	}
 	if s.Phase == PhaseMerging && !strings.HasPrefix(s.Step, "merge:offline") {
 		// Finish a merge the kernel completed (after a reboot, or after
-		// --no-wait); one still running is left to the kernel.
-		if err := m.Merge(name, false); err != nil {
+		// Merge without waiting); one still running is left to the kernel.
+		if err := m.Merge(ctx, name, false); err != nil {
 			report(fmt.Sprintf("cannot finish the merge: %v", err), true)
-		} else if st, err := m.Status(name); err == nil && st.Phase == PhaseAttached && o.Report != nil {
+		} else if st, err := m.Status(ctx, name); err == nil && st.Phase == PhaseAttached && o.Report != nil {
 			o.Report(name, "merge complete: the volume is back to linear and its store is deleted", false)
 		}
 		return
@@ -195,7 +203,7 @@ func (m *Manager) monitorOne(name string, o MonitorOptions, warned map[string]st
 	if s.Phase != PhasePrepared || s.Usage == nil {
 		return
 	}
-	if s.Usage.State != "active" {
+	if s.Usage.State != dmtable.SnapshotActive {
 		report(fmt.Sprintf("store is %s: the snapshot is lost; run `snapctl status %s` and drop it", s.Usage.State, name), true)
 		return
 	}
@@ -204,7 +212,7 @@ func (m *Manager) monitorOne(name string, o MonitorOptions, warned map[string]st
 		return
 	}
 	by := uint64(float64(s.Store.Bytes) * o.Percent / 100)
-	if err := m.Grow(name, by); err != nil {
+	if err := m.Grow(ctx, name, by); err != nil {
 		report(fmt.Sprintf("store is %.1f%% full and cannot grow: %v", s.Usage.PercentFull, err), true)
 		return
 	}

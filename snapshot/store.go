@@ -11,6 +11,7 @@ import (
 
 	"github.com/snapctl/snapctl/dmtable"
 	"github.com/snapctl/snapctl/fiemap"
+	"github.com/snapctl/snapctl/internal/atomicfile"
 )
 
 // fileStore is the real storeFS: fallocate, FIEMAP, and resolution of the
@@ -115,6 +116,12 @@ func (fileStore) allocate(path string, bytes uint64, chunkSectors uint32, immuta
 	if err := fiemap.SetImmutable(f, true); err != nil {
 		return ino, err
 	}
+	// The flag is inode metadata: fsync commits it, so a power cut cannot
+	// bring the store back writable (the check before the store is mapped
+	// again would then refuse it, with a merge perhaps under way).
+	if err := f.Sync(); err != nil {
+		return ino, fmt.Errorf("sync store %s: %w", path, err)
+	}
 	return ino, nil
 }
 
@@ -165,6 +172,9 @@ func (fileStore) extend(path string, inode, bytes uint64) error {
 	if ierr := fiemap.SetImmutable(f, true); err == nil {
 		err = ierr
 	}
+	if err == nil {
+		err = f.Sync() // the flag, durably (see allocate)
+	}
 	if err != nil {
 		return fmt.Errorf("extend store %s to %d bytes: %w", path, bytes, err)
 	}
@@ -177,38 +187,18 @@ func (fileStore) segments(path string, inode uint64, chunkSectors uint32) ([]Seg
 		return nil, err
 	}
 	defer f.Close()
-	exts, err := fiemap.Extents(f)
+	m, err := fiemap.Map(path, dmtable.TableByDev, fiemap.MapOptions{ChunkSize: uint64(chunkSectors) * 512})
 	if err != nil {
 		return nil, err
 	}
-	fs, err := fiemap.StatFS(path)
+	// Map opened the path again: it must still be the store checked above.
+	g, err := openStore(path, inode)
 	if err != nil {
 		return nil, err
 	}
-	segs, err := fiemap.Resolve(exts, fs.Major, fs.Minor, dmtable.TableByDev)
-	if err != nil {
-		var dm fiemap.DirectMountError
-		if errors.As(err, &dm) && dm.Path == "" {
-			dm.Path = path
-			return nil, dm
-		}
-		return nil, err
-	}
-	if len(segs) > 0 {
-		maj, min, err := dmtable.ParseDevNum(segs[0].Dev)
-		if err != nil {
-			return nil, err
-		}
-		lim, err := fiemap.DeviceLimits(maj, min)
-		if err != nil {
-			return nil, err
-		}
-		if _, err := fiemap.CheckAlignment(path, fs.Dev, exts, segs, lim, uint64(chunkSectors)*512); err != nil {
-			return nil, err
-		}
-	}
-	out := make([]Segment, len(segs))
-	for i, s := range segs {
+	g.Close()
+	out := make([]Segment, len(m.Segments))
+	for i, s := range m.Segments {
 		out[i] = Segment{Dev: s.Dev, Offset: s.DevOffset, Length: s.Length}
 	}
 	return out, nil
@@ -240,7 +230,7 @@ func (fileStore) loopSegments(path string, inode uint64) ([]Segment, error) {
 }
 
 func (fileStore) release(s Store) (bool, error) {
-	if s.Backend == "loop" {
+	if s.Backend == BackendLoop {
 		if l, ok := loops[s.Path]; ok {
 			l.Close()
 			delete(loops, s.Path)
@@ -263,7 +253,9 @@ func (fileStore) release(s Store) (bool, error) {
 	if err := fiemap.Remove(s.Path); err != nil {
 		return true, err
 	}
-	return true, syncDir(s.Path)
+	// The removal is durable before the record says so: otherwise a power
+	// cut can bring the store file back, orphaned.
+	return true, atomicfile.SyncDir(filepath.Dir(s.Path))
 }
 
 // mounted tells a store file that is gone from one whose filesystem is not
@@ -272,20 +264,6 @@ func (fileStore) release(s Store) (bool, error) {
 func mounted(s Store) bool {
 	dev, _, _, err := fileStore{}.fsOf(s.Path)
 	return err == nil && dev == s.FSDev
-}
-
-// syncDir makes the removal of path durable before the record says so:
-// otherwise a power cut can bring the store file back, orphaned.
-func syncDir(path string) error {
-	d, err := os.Open(filepath.Dir(path))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync directory of %s: %w", path, err)
-	}
-	return nil
 }
 
 func (fileStore) removePartial(s Store) (bool, error) {
@@ -302,5 +280,7 @@ func (fileStore) removePartial(s Store) (bool, error) {
 	if err := fiemap.Remove(s.Path); err != nil {
 		return true, err
 	}
-	return true, syncDir(s.Path)
+	// The removal is durable before the record says so: otherwise a power
+	// cut can bring the store file back, orphaned.
+	return true, atomicfile.SyncDir(filepath.Dir(s.Path))
 }

@@ -1,6 +1,7 @@
 package nbd
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -46,7 +47,8 @@ type BindOptions struct {
 	// when the server has not answered it in time. 0 leaves the kernel
 	// waiting (it logs requests that look stuck).
 	Timeout time.Duration
-	// Ready is how long Bind waits for the device to come up; default 10 s.
+	// Ready is how long Bind waits for the device to come up; default 10 s
+	// (a ctx that ends sooner ends the wait sooner).
 	Ready time.Duration
 	// Runner is the command line of a helper process that runs
 	// NBD_DO_IT for the device, handed to it as file descriptor 3: a
@@ -72,9 +74,10 @@ type Binding struct {
 // block size, the size and the transmission flags, hands the kernel one end
 // of a socket pair (NBD_SET_SOCK), starts the device with NBD_DO_IT on a
 // thread of its own, and serves the other end. There is no handshake on
-// this path. It returns once the device is live. The device stays up until
+// this path. It returns once the device is live; if ctx ends first, it
+// cuts the connection and returns ctx's error. The device stays up until
 // Disconnect, or until the server or the kernel ends the connection.
-func Bind(path string, s *Server, opts BindOptions) (*Binding, error) {
+func Bind(ctx context.Context, path string, s *Server, opts BindOptions) (*Binding, error) {
 	bs := opts.BlockSize
 	if bs == 0 {
 		bs = 4096
@@ -169,7 +172,10 @@ func Bind(path string, s *Server, opts BindOptions) (*Binding, error) {
 	}()
 	go b.wait(ran, served)
 
-	deadline := time.Now().Add(opts.Ready)
+	ready, cancel := context.WithTimeout(ctx, opts.Ready)
+	defer cancel()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
 	for {
 		if live(sysDir, blocks*bs) {
 			return b, nil
@@ -180,11 +186,13 @@ func Bind(path string, s *Server, opts BindOptions) (*Binding, error) {
 				return nil, b.err
 			}
 			return nil, fmt.Errorf("bind %s: NBD_DO_IT: the device stopped at once", path)
-		case <-time.After(5 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
+		case <-tick.C:
+		case <-ready.Done():
 			b.conn.Close()
 			<-b.done
+			if err := ctx.Err(); err != nil {
+				return nil, fmt.Errorf("bind %s: %w", path, errors.Join(err, b.err))
+			}
 			return nil, fmt.Errorf("bind %s: the device did not come up within %v: %w", path, opts.Ready, errors.Join(b.err, syscall.ETIMEDOUT))
 		}
 	}
@@ -207,7 +215,7 @@ func (b *Binding) wait(ran, served chan error) {
 	clearSock(b.fd)
 	closeFD(b.fd)
 	b.closed = true
-	b.err = joinErrs(errs)
+	b.err = errors.Join(errs...)
 	b.mu.Unlock()
 	close(b.done)
 }
@@ -235,10 +243,13 @@ func (b *Binding) Err() error {
 // flight), waits for the server to finish and the kernel to let go, and
 // drops the socket (NBD_CLEAR_SOCK). A filesystem still mounted on the
 // device sees I/O errors afterwards: unmount it first. If the kernel has
-// not let go after timeout (default 30 s), the connection is cut.
-func (b *Binding) Disconnect(timeout time.Duration) error {
-	if timeout <= 0 {
-		timeout = 30 * time.Second
+// not let go when ctx ends, or after 30 s if ctx has no deadline, the
+// connection is cut.
+func (b *Binding) Disconnect(ctx context.Context) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
 	}
 	var errs []error
 	b.mu.Lock()
@@ -253,13 +264,13 @@ func (b *Binding) Disconnect(timeout time.Duration) error {
 	b.mu.Unlock()
 	select {
 	case <-b.done:
-	case <-time.After(timeout):
+	case <-ctx.Done():
 		b.conn.Close()
 		<-b.done
-		errs = append(errs, fmt.Errorf("disconnect %s: the kernel did not let go within %v; connection cut", b.path, timeout))
+		errs = append(errs, fmt.Errorf("disconnect %s: the kernel did not let go in time; connection cut: %w", b.path, ctx.Err()))
 	}
 	errs = append(errs, b.err)
-	return joinErrs(errs)
+	return errors.Join(errs...)
 }
 
 // sysBlockDir is the sysfs directory of the block device at path.
@@ -300,6 +311,7 @@ func servingPID(sysDir string) (int, bool) {
 	return pid, true
 }
 
+// joinErrs is errors.Join that returns a lone error as it is.
 func joinErrs(errs []error) error {
 	var keep []error
 	for _, e := range errs {
@@ -307,10 +319,7 @@ func joinErrs(errs []error) error {
 			keep = append(keep, e)
 		}
 	}
-	switch len(keep) {
-	case 0:
-		return nil
-	case 1:
+	if len(keep) == 1 {
 		return keep[0]
 	}
 	return errors.Join(keep...)

@@ -1,6 +1,7 @@
 package nbd
 
 import (
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -38,9 +39,9 @@ func TestBindRefuses(t *testing.T) {
 			if tc.s != nil {
 				srv = tc.s
 			}
-			b, err := Bind(tc.path, srv, tc.opts)
+			b, err := Bind(context.Background(), tc.path, srv, tc.opts)
 			if err == nil {
-				b.Disconnect(0)
+				b.Disconnect(context.Background())
 				t.Fatal("Bind succeeded, want an error")
 			}
 			var nn NotNBDError

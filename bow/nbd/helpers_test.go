@@ -2,7 +2,6 @@ package nbd
 
 import (
 	"bytes"
-	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
@@ -265,8 +264,6 @@ func pat(seed, n int) []byte {
 	}
 	return b
 }
-
-func be32(b []byte) uint32 { return binary.BigEndian.Uint32(b) }
 
 // lockedBuffer is a bytes.Buffer safe for the concurrent reply writers.
 type lockedBuffer struct {

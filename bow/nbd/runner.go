@@ -45,7 +45,7 @@ func RunDevice() error {
 		err = errors.New(reason)
 	}
 	if err != nil {
-		return fmt.Errorf("run NBD device: file descriptor %d: %w (this helper is started by 'snapctl bow serve --nbd', not by hand)", DeviceFD, err)
+		return fmt.Errorf("run NBD device: file descriptor %d: %w (the process that binds the device starts this helper; it is not run by hand)", DeviceFD, err)
 	}
 	err = doIt(int(f.Fd()))
 	// The connection has ended. Requests the server took but never

@@ -258,8 +258,8 @@ func (c *session) handle(req Request, buf *[]byte) {
 	off, n := int64(req.Offset), int64(req.Length)
 	size := s.b.Size()
 	inside := req.Offset <= uint64(size) && uint64(req.Length) <= uint64(size)-req.Offset
-	outside := func(code uint32) (error, uint32) {
-		return fmt.Errorf("%v at %d+%d: beyond the end at %d", req.Type, off, n, size), code
+	outside := func(code uint32) (uint32, error) {
+		return code, fmt.Errorf("%v at %d+%d: beyond the end at %d", req.Type, off, n, size)
 	}
 	var err error
 	var code uint32
@@ -268,7 +268,7 @@ func (c *session) handle(req Request, buf *[]byte) {
 	case CmdRead:
 		s.st.reads.Add(1)
 		if !inside {
-			err, code = outside(NBD_EINVAL)
+			code, err = outside(NBD_EINVAL)
 			break
 		}
 		if _, err = s.b.ReadAt(*buf, off); err == nil {
@@ -281,7 +281,7 @@ func (c *session) handle(req Request, buf *[]byte) {
 		case s.opts.ReadOnly:
 			err, code = errors.New("write to a read-only export"), NBD_EPERM
 		case !inside:
-			err, code = outside(NBD_ENOSPC)
+			code, err = outside(NBD_ENOSPC)
 		default:
 			if _, err = s.b.WriteAt(*buf, off); err == nil {
 				s.st.bytesWritten.Add(uint64(n))
@@ -297,7 +297,7 @@ func (c *session) handle(req Request, buf *[]byte) {
 		case s.opts.ReadOnly:
 			err, code = errors.New("trim of a read-only export"), NBD_EPERM
 		case !inside:
-			err, code = outside(NBD_EINVAL)
+			code, err = outside(NBD_EINVAL)
 		default:
 			if err = s.b.Trim(off, n); err == nil {
 				s.st.bytesTrimmed.Add(uint64(n))
@@ -310,7 +310,7 @@ func (c *session) handle(req Request, buf *[]byte) {
 		case s.opts.ReadOnly:
 			err, code = errors.New("write-zeroes to a read-only export"), NBD_EPERM
 		case !inside:
-			err, code = outside(NBD_ENOSPC)
+			code, err = outside(NBD_ENOSPC)
 		default:
 			if err = c.writeZeroes(off, n); err == nil {
 				s.st.bytesWritten.Add(uint64(n))

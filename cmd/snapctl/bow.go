@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 
@@ -88,7 +89,7 @@ func (a *app) bowRestore(path string, dryRun, rollForward bool) error {
 	if !dryRun {
 		opts.Progress = a.copyProgress("restore " + path)
 	}
-	sum, err := bow.Restore(dev, opts)
+	sum, err := bow.Restore(context.Background(), dev, opts)
 	if err != nil {
 		return err
 	}
@@ -136,7 +137,7 @@ func (a *app) bowInspect(path string) error {
 		return err
 	}
 	defer dev.Close()
-	info, err := bow.Inspect(dev)
+	info, err := bow.Inspect(context.Background(), dev)
 	var nl bow.NoLogError
 	if errors.As(err, &nl) {
 		return err

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
@@ -41,7 +42,7 @@ func bowImage(t *testing.T, bs int64) (string, []byte) {
 	if err := e.Discard(blocks/2*bs, blocks/2*bs); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.Checkpoint(); err != nil {
+	if err := e.Checkpoint(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	ck := make([]byte, blocks/2*bs)

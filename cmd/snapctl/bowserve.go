@@ -1,32 +1,28 @@
 package main
 
 import (
-	"bufio"
-	"encoding/json"
+	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"net"
-	"os"
 	"os/signal"
-	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/snapctl/snapctl/bow"
+	"github.com/snapctl/snapctl/bow/control"
 	"github.com/snapctl/snapctl/bow/nbd"
+	"github.com/snapctl/snapctl/bow/serve"
 )
 
-// The bow server: `snapctl bow serve` runs the engine on a device and
-// serves it to the kernel as /dev/nbdN; `snapctl bow checkpoint|commit|
-// status` talk to it over a unix socket, one JSON request and one JSON
-// response per connection.
+// The bow server: `snapctl bow serve` runs package bow/serve on a device
+// and prints what it does; `snapctl bow checkpoint|commit|status` steer it
+// through package bow/control. This file keeps the flags, the printing and
+// the hints.
 
 func init() {
 	for _, c := range []func(*app) *cobra.Command{newBowServeCmd, newBowCheckpointCmd, newBowCommitCmd, newBowStatusCmd} {
@@ -35,107 +31,20 @@ func init() {
 	registerClassifier(classifyBowServe)
 }
 
-// defaultControlDir holds the control sockets of running bow servers.
-const defaultControlDir = "/run/snapctl"
-
-// controlPath is the default control socket for device dev.
-func controlPath(dev string) string {
-	return filepath.Join(defaultControlDir, "bow-"+filepath.Base(dev)+".sock")
-}
-
-// bowStatePath is where the engine keeps the range map of a checkpoint
-// across a clean restart: in the state directory, never on the device.
-func bowStatePath(stateDir, dev string) string {
-	abs, err := filepath.Abs(dev)
-	if err != nil {
-		abs = dev
-	}
-	name := strings.ReplaceAll(strings.TrimPrefix(abs, "/"), "/", "_")
-	return filepath.Join(stateDir, "bow", name+".map")
-}
-
-// serveStatus is what `snapctl bow status` reports: the engine's status
-// and the server's.
-type serveStatus struct {
-	bow.Status
-	NBD       string    `json:"nbd,omitempty"`
-	Listen    string    `json:"listen,omitempty"`
-	PID       int       `json:"pid"`
-	StatePath string    `json:"state_path,omitempty"`
-	Server    nbd.Stats `json:"server"`
-}
-
-// controlRequest and controlResponse are the control protocol.
-type controlRequest struct {
-	Op string `json:"op"` // "status", "checkpoint" or "commit"
-}
-
-type controlResponse struct {
-	OK     bool         `json:"ok"`
-	Status *serveStatus `json:"status,omitempty"`
-	Error  string       `json:"error,omitempty"`
-	Code   int          `json:"code,omitempty"` // exit code for the error
-	Hint   string       `json:"hint,omitempty"`
-}
-
-// controlError is an error the server reported over the control socket.
-type controlError struct {
-	Msg  string
-	Code int
-	Hint string
-}
-
-func (e controlError) Error() string { return e.Msg }
-
-// errNoServer reports a control socket nobody answers on.
-type errNoServer struct {
-	Socket string
-	Err    error
-}
-
-func (e errNoServer) Error() string {
-	return fmt.Sprintf("contact bow server at %s: %v", e.Socket, e.Err)
-}
-
-func (e errNoServer) Unwrap() error { return e.Err }
-
-// errControlBusy reports a control socket a running server answers on.
-type errControlBusy struct{ Socket string }
-
-func (e errControlBusy) Error() string {
-	return fmt.Sprintf("listen on %s: another bow server answers there", e.Socket)
-}
-
-// errStoppedEarly reports a device the kernel let go of while serving.
-type errStoppedEarly struct {
-	NBD string
-	Err error
-}
-
-func (e errStoppedEarly) Error() string {
-	if e.Err == nil {
-		return fmt.Sprintf("serve %s: the kernel disconnected the device", e.NBD)
-	}
-	return fmt.Sprintf("serve %s: the device stopped: %v", e.NBD, e.Err)
-}
-
-func (e errStoppedEarly) Unwrap() error { return e.Err }
-
-// engineBackend exports a bow engine over NBD: a trim is a discard.
-type engineBackend struct{ *bow.Engine }
-
-func (b engineBackend) Trim(off, length int64) error { return b.Discard(off, length) }
+// serveStatus is what `snapctl bow status` reports.
+type serveStatus = control.Status
 
 type serveFlags struct {
-	nbdPath   string
-	listen    string
-	blockSize int64
-	onFull    string
-	control   string
-	lowSpace  float64
-	state     string
-	timeout   time.Duration
-	workers   int
+	nbdPath        string
+	listen         string
+	trustedNetwork bool
+	blockSize      int64
+	onFull         string
+	control        string
+	lowSpace       float64
+	state          string
+	timeout        time.Duration
+	workers        int
 }
 
 func newBowServeCmd(a *app) *cobra.Command {
@@ -163,6 +72,13 @@ until the checkpoint is restored or committed offline.
 Control: 'snapctl bow checkpoint|commit|status' talk to the server over the
 unix socket --control (default /run/snapctl/bow-<name of DEV>.sock).
 
+--listen serves NBD clients instead of the kernel's device. NBD has no
+authentication: anyone who reaches the address can read and write DEV. A
+tcp: address must therefore be loopback (127.0.0.1, [::1], or a name that
+resolves only to loopback addresses); serving on any other address, the
+wildcards 0.0.0.0 and [::] included, is refused unless --trusted-network says
+that every host that can reach it is trusted.
+
 Example:
   snapctl bow serve /dev/sdb --nbd /dev/nbd0 &
   mkfs.ext4 /dev/nbd0 && mount /dev/nbd0 /mnt && fstrim /mnt
@@ -174,7 +90,8 @@ Example:
 	}
 	fl := c.Flags()
 	fl.StringVar(&f.nbdPath, "nbd", "", "the kernel NBD device to serve on, /dev/nbdN (modprobe nbd)")
-	fl.StringVar(&f.listen, "listen", "", "serve NBD clients (newstyle handshake) on unix:PATH or tcp:HOST:PORT instead of the kernel device")
+	fl.StringVar(&f.listen, "listen", "", "serve NBD clients (newstyle handshake) on unix:PATH or tcp:HOST:PORT instead of the kernel device; tcp: must be loopback unless --trusted-network")
+	fl.BoolVar(&f.trustedNetwork, "trusted-network", false, "allow --listen on a tcp: address other hosts can reach: NBD has no authentication, so only on a network where every host is trusted")
 	fl.Int64Var(&f.blockSize, "block-size", 0, "block size of the engine and the device: 512, 1024, 2048 or 4096 (default 4096, or the block size of the checkpoint on DEV)")
 	fl.StringVar(&f.onFull, "on-full", "fail", "when free space for backups runs out: fail (the write gets an I/O error, the checkpoint stays valid) or commit (drop the checkpoint and go on)")
 	fl.StringVar(&f.control, "control", "", "control socket (default /run/snapctl/bow-<name of DEV>.sock)")
@@ -200,43 +117,41 @@ func (a *app) bowServe(cmd *cobra.Command, dev string, f serveFlags) error {
 	if f.lowSpace < 0 || f.lowSpace > 100 {
 		return newUsageError(path, fmt.Errorf("--low-space %v: want a percentage from 0 to 100", f.lowSpace))
 	}
-	var lnNet, lnAddr string
 	if f.listen != "" {
-		var ok bool
-		lnNet, lnAddr, ok = strings.Cut(f.listen, ":")
-		if !ok || (lnNet != "unix" && lnNet != "tcp") || lnAddr == "" {
+		if _, _, err := serve.ParseAddress(f.listen); err != nil {
 			return newUsageError(path, fmt.Errorf("--listen %q: want unix:PATH or tcp:HOST:PORT", f.listen))
 		}
 	}
 	if f.control == "" {
-		f.control = controlPath(dev)
+		f.control = control.DefaultSocket(dev)
 	}
 	if f.state == "" {
-		f.state = bowStatePath(a.stateDir, dev)
+		f.state = serve.StatePath(a.stateDir, dev)
 	}
-	if err := os.MkdirAll(filepath.Dir(f.state), 0o700); err != nil {
-		return fmt.Errorf("serve %s: state directory: %w", dev, err)
+	level := slog.LevelInfo
+	if a.verbose > 0 {
+		level = slog.LevelDebug
 	}
-	warn := slog.New(slog.NewTextHandler(a.errOut, nil))
+	warn := slog.New(slog.NewTextHandler(a.errOut, &slog.HandlerOptions{Level: level}))
 	// Catch the stop signals from the start: killed by one midway through
 	// the setup, the server would leave a checkpoint without its map.
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
-	defer signal.Stop(sigs)
-	if err := removeStaleSocket(f.control); err != nil {
-		return err
-	}
-
-	d, err := bow.OpenFile(dev)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	var size int64
-	opts := bow.Options{
-		BlockSize: f.blockSize,
-		OnFull:    policy,
-		StatePath: f.state,
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	cfg := serve.Config{
+		Device:         dev,
+		NBD:            f.nbdPath,
+		Listen:         f.listen,
+		TrustedNetwork: f.trustedNetwork,
+		BlockSize:      f.blockSize,
+		OnFull:         policy,
+		LowSpace:       f.lowSpace,
+		StatePath:      f.state,
+		Control:        f.control,
+		Timeout:        f.timeout,
+		Workers:        f.workers,
+		Runner:         nbdRunArgv,
+		Harden:         true,
+		Log:            warn,
 		OnLowSpace: func(s bow.Status) {
 			warn.Warn("bow: low on free space for backups", "device", dev, "free_bytes", s.FreeBytes, "threshold", s.LowSpaceThreshold,
 				"hint", "commit soon (snapctl bow commit), or free space in the filesystem and run fstrim before the next checkpoint")
@@ -245,322 +160,49 @@ func (a *app) bowServe(cmd *cobra.Command, dev string, f serveFlags) error {
 			warn.Warn("bow: out of free space for backups: the checkpoint was committed (--on-full commit)", "device", dev)
 		},
 	}
-	if f.lowSpace > 0 {
-		size = d.Size()
-		opts.LowSpace = int64(float64(size) * f.lowSpace / 100)
-	}
-	e, err := bow.Open(d, opts)
-	if err != nil {
-		return err
-	}
-	// From here on the engine must be closed, which saves the map of an
-	// active checkpoint again.
-	closeEngine := func() error {
-		if err := e.Close(); err != nil {
-			return fmt.Errorf("stop %s: %w", dev, err)
+	res, err := serve.Run(ctx, cfg, func(srv *serve.Server) {
+		where := f.nbdPath
+		if where == "" {
+			where = f.listen
 		}
-		return nil
-	}
-	srv := nbd.NewServer(engineBackend{e}, nbd.Options{
-		Workers:   f.workers,
-		BlockSize: int(e.BlockSize()),
-		Log:       warn,
+		s := srv.Engine().Status()
+		a.printf("serving %s on %s: state %s, block size %d, %d bytes; control %s\n", dev, where, s.State, s.BlockSize, s.Size, srv.Control())
 	})
-	if err := nbd.Harden(); err != nil {
-		a.log.Debug("bow: hardening the server process (best effort)", "err", err)
-	}
-
-	var stopped <-chan struct{}
-	var stop func() error
-	if f.nbdPath != "" {
-		b, err := nbd.Bind(f.nbdPath, srv, nbd.BindOptions{BlockSize: e.BlockSize(), Timeout: f.timeout, Runner: nbdRunArgv})
-		if err != nil {
-			return errors.Join(err, closeEngine())
-		}
-		stopped = b.Done()
-		stop = func() error {
-			if mnt := mountedAt(f.nbdPath); mnt != "" {
-				warn.Warn("bow: the filesystem on the device is still mounted; it will see I/O errors", "device", f.nbdPath, "mountpoint", mnt)
-			}
-			return b.Disconnect(30 * time.Second)
-		}
-		defer func() {
-			select {
-			case <-b.Done():
-			default:
-				b.Disconnect(30 * time.Second)
-			}
-		}()
-	} else {
-		l, err := listenNBD(lnNet, lnAddr)
-		if err != nil {
-			return errors.Join(err, closeEngine())
-		}
-		done := make(chan struct{})
-		var wg sync.WaitGroup
-		go func() {
-			defer close(done)
-			for {
-				conn, err := l.Accept()
-				if err != nil {
-					return
-				}
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					if err := srv.ServeClient(conn, "bow"); err != nil {
-						warn.Warn("bow: NBD client", "err", err)
-					}
-				}()
-			}
-		}()
-		stopped = make(chan struct{}) // only a signal stops a listener
-		stop = func() error {
-			l.Close()
-			<-done
-			wg.Wait()
-			return nil
-		}
-	}
-
-	// The control socket comes last: a server that answers is serving.
-	st := &serveState{e: e, srv: srv, nbd: f.nbdPath, listen: f.listen, statePath: f.state}
-	ctl, err := listenControl(f.control, st)
 	if err != nil {
-		return errors.Join(err, stop(), closeEngine())
-	}
-	defer ctl.Close()
-	where := f.nbdPath
-	if where == "" {
-		where = f.listen
-	}
-	s := e.Status()
-	a.printf("serving %s on %s: state %s, block size %d, %d bytes; control %s\n", dev, where, s.State, s.BlockSize, s.Size, f.control)
-
-	var runErr error
-	select {
-	case sig := <-sigs:
-		a.log.Debug("bow: stopping", "signal", sig)
-		runErr = stop()
-	case <-stopped:
-		runErr = errStoppedEarly{NBD: f.nbdPath, Err: nil}
-		stop()
-	}
-	ctl.Close()
-	flushErr := e.Flush()
-	if errors.Is(flushErr, bow.ErrClosed) {
-		flushErr = nil
-	}
-	closeErr := closeEngine()
-	if err := errors.Join(runErr, flushErr, closeErr); err != nil {
 		return err
 	}
-	s = e.Status()
-	switch s.State {
+	switch res.State {
 	case bow.StateCheckpoint:
-		a.printf("stopped: %s holds a checkpoint; range map saved to %s. Serve again to resume, or: snapctl bow restore %s\n", dev, f.state, dev)
+		a.printf("stopped: %s holds a checkpoint; range map saved to %s. Serve again to resume, or: snapctl bow restore %s\n", dev, res.StatePath, dev)
 	default:
-		a.printf("stopped: %s is in state %s\n", dev, s.State)
+		a.printf("stopped: %s is in state %s\n", dev, res.State)
 	}
 	return nil
-}
-
-// mountedAt is where the device is mounted, from /proc/self/mounts, or "".
-func mountedAt(dev string) string {
-	b, err := os.ReadFile("/proc/self/mounts")
-	if err != nil {
-		return ""
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		fs := strings.Fields(l)
-		if len(fs) >= 2 && fs[0] == dev {
-			return fs[1]
-		}
-	}
-	return ""
-}
-
-func listenNBD(network, addr string) (net.Listener, error) {
-	if network == "unix" {
-		if err := removeStaleSocket(addr); err != nil {
-			return nil, err
-		}
-	}
-	l, err := net.Listen(network, addr)
-	if err != nil {
-		return nil, fmt.Errorf("listen on %s:%s: %w", network, addr, err)
-	}
-	return l, nil
-}
-
-// removeStaleSocket removes a unix socket nobody answers on; one that
-// answers is a running server.
-func removeStaleSocket(path string) error {
-	if _, err := os.Lstat(path); errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	conn, err := net.DialTimeout("unix", path, time.Second)
-	if err == nil {
-		conn.Close()
-		return errControlBusy{Socket: path}
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("remove stale socket %s: %w", path, err)
-	}
-	return nil
-}
-
-// serveState is what the control socket acts on.
-type serveState struct {
-	e         *bow.Engine
-	srv       *nbd.Server
-	nbd       string
-	listen    string
-	statePath string
-}
-
-func (s *serveState) status() *serveStatus {
-	return &serveStatus{
-		Status:    s.e.Status(),
-		NBD:       s.nbd,
-		Listen:    s.listen,
-		PID:       os.Getpid(),
-		StatePath: s.statePath,
-		Server:    s.srv.Stats(),
-	}
-}
-
-func (s *serveState) handle(req controlRequest) controlResponse {
-	var err error
-	switch req.Op {
-	case "status":
-	case "checkpoint":
-		err = s.e.Checkpoint()
-	case "commit":
-		err = s.e.Commit()
-	default:
-		err = fmt.Errorf("control: unknown operation %q", req.Op)
-	}
-	if err != nil {
-		code, hint := classify(err)
-		return controlResponse{Error: err.Error(), Code: code, Hint: hint, Status: s.status()}
-	}
-	return controlResponse{OK: true, Status: s.status()}
-}
-
-// controlListener serves the control socket.
-type controlListener struct {
-	l    net.Listener
-	path string
-	once sync.Once
-	wg   sync.WaitGroup
-}
-
-func listenControl(path string, st *serveState) (*controlListener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, fmt.Errorf("create control socket directory %s: %w", filepath.Dir(path), err)
-	}
-	if err := removeStaleSocket(path); err != nil {
-		return nil, err
-	}
-	l, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("listen on control socket %s: %w", path, err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		l.Close()
-		return nil, fmt.Errorf("restrict control socket %s: %w", path, err)
-	}
-	c := &controlListener{l: l, path: path}
-	c.wg.Add(1)
-	go func() {
-		defer c.wg.Done()
-		for {
-			conn, err := l.Accept()
-			if err != nil {
-				return
-			}
-			c.wg.Add(1)
-			go func() {
-				defer c.wg.Done()
-				defer conn.Close()
-				conn.SetDeadline(time.Now().Add(5 * time.Minute))
-				var req controlRequest
-				line, err := bufio.NewReader(io.LimitReader(conn, 4096)).ReadBytes('\n')
-				var resp controlResponse
-				if err != nil {
-					resp = controlResponse{Error: fmt.Sprintf("control: read request: %v", err), Code: exitUsage}
-				} else if err := json.Unmarshal(line, &req); err != nil {
-					resp = controlResponse{Error: fmt.Sprintf("control: parse request: %v", err), Code: exitUsage}
-				} else {
-					resp = st.handle(req)
-				}
-				json.NewEncoder(conn).Encode(resp)
-			}()
-		}
-	}()
-	return c, nil
-}
-
-// Close stops accepting, waits for requests being answered and removes the
-// socket.
-func (c *controlListener) Close() error {
-	c.once.Do(func() {
-		c.l.Close() // removes the socket file too
-		c.wg.Wait()
-		os.Remove(c.path)
-	})
-	return nil
-}
-
-// callControl sends one request to a running server.
-func callControl(socket, op string) (*serveStatus, error) {
-	conn, err := net.DialTimeout("unix", socket, 5*time.Second)
-	if err != nil {
-		return nil, errNoServer{Socket: socket, Err: err}
-	}
-	defer conn.Close()
-	b, _ := json.Marshal(controlRequest{Op: op})
-	if _, err := conn.Write(append(b, '\n')); err != nil {
-		return nil, errNoServer{Socket: socket, Err: err}
-	}
-	var resp controlResponse
-	if err := json.NewDecoder(conn).Decode(&resp); err != nil {
-		return nil, fmt.Errorf("read answer from bow server at %s: %w", socket, err)
-	}
-	if !resp.OK {
-		code := resp.Code
-		if code == 0 {
-			code = exitFailure
-		}
-		return resp.Status, controlError{Msg: resp.Error, Code: code, Hint: resp.Hint}
-	}
-	return resp.Status, nil
 }
 
 // controlFor picks the control socket: --control, else the default for
 // DEV, else the only server running.
-func controlFor(cmd *cobra.Command, control string, args []string) (string, error) {
+func controlFor(cmd *cobra.Command, socket string, args []string) (string, error) {
 	switch {
-	case control != "" && len(args) > 0:
+	case socket != "" && len(args) > 0:
 		return "", newUsageError(cmd.CommandPath(), errors.New("give DEV or --control, not both"))
-	case control != "":
-		return control, nil
-	case len(args) == 1:
-		return controlPath(args[0]), nil
+	case socket != "":
+		return socket, nil
 	}
-	socks, _ := filepath.Glob(filepath.Join(defaultControlDir, "bow-*.sock"))
-	switch len(socks) {
-	case 1:
-		return socks[0], nil
-	case 0:
-		return "", errNoServer{Socket: filepath.Join(defaultControlDir, "bow-*.sock"), Err: errors.New("no bow server is running")}
+	var dev string
+	if len(args) == 1 {
+		dev = args[0]
 	}
-	return "", newUsageError(cmd.CommandPath(), fmt.Errorf("%d bow servers are running (%s): name one with DEV or --control", len(socks), strings.Join(socks, ", ")))
+	sock, err := control.Locate(dev)
+	var amb control.AmbiguousError
+	if errors.As(err, &amb) {
+		return "", newUsageError(cmd.CommandPath(), fmt.Errorf("%d bow servers are running (%s): name one with DEV or --control", len(amb.Sockets), strings.Join(amb.Sockets, ", ")))
+	}
+	return sock, err
 }
 
-func controlCmd(a *app, use, short, long, op string, show func(*serveStatus)) *cobra.Command {
-	var control string
+func controlCmd(a *app, use, short, long string, op control.Op, show func(*serveStatus)) *cobra.Command {
+	var socket string
 	c := &cobra.Command{
 		Use:   use + " [DEV] [--control SOCKET]",
 		Short: short,
@@ -572,11 +214,11 @@ func controlCmd(a *app, use, short, long, op string, show func(*serveStatus)) *c
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			sock, err := controlFor(cmd, control, args)
+			sock, err := controlFor(cmd, socket, args)
 			if err != nil {
 				return err
 			}
-			s, err := callControl(sock, op)
+			s, err := control.Client{Socket: sock}.Call(cmd.Context(), op)
 			if err != nil {
 				return err
 			}
@@ -587,7 +229,7 @@ func controlCmd(a *app, use, short, long, op string, show func(*serveStatus)) *c
 			return nil
 		},
 	}
-	c.Flags().StringVar(&control, "control", "", "control socket of the server (default /run/snapctl/bow-<name of DEV>.sock)")
+	c.Flags().StringVar(&socket, "control", "", "control socket of the server (default /run/snapctl/bow-<name of DEV>.sock)")
 	return c
 }
 
@@ -601,7 +243,7 @@ before, so the engine knows the free space; the more there is, the longer the
 checkpoint can live.
 
 Example:
-  fstrim -v /mnt && snapctl bow checkpoint /dev/sdb`, "checkpoint",
+  fstrim -v /mnt && snapctl bow checkpoint /dev/sdb`, control.OpCheckpoint,
 		func(s *serveStatus) {
 			a.printf("checkpoint taken on %s: %s free for backups\n", s.Device, humanBytes(s.FreeBytes))
 		})
@@ -620,7 +262,7 @@ current contents and the log is dropped.
 
 Example:
   snapctl bow commit /dev/sdb
-  snapctl bow commit --offline /dev/sdb`, "commit",
+  snapctl bow commit --offline /dev/sdb`, control.OpCommit,
 		func(s *serveStatus) {
 			a.printf("committed %s: the checkpoint is dropped; the device passes everything through\n", s.Device)
 		})
@@ -644,7 +286,7 @@ func (a *app) bowCommitOffline(dev string) error {
 		return err
 	}
 	defer d.Close()
-	if err := bow.RollForward(d); err != nil {
+	if err := bow.RollForward(context.Background(), d); err != nil {
 		return err
 	}
 	if err := d.Flush(); err != nil {
@@ -665,7 +307,7 @@ request counters of the engine and the NBD server.
 
 Example:
   snapctl bow status /dev/sdb
-  snapctl bow status --json --control /run/snapctl/bow-sdb.sock`, "status",
+  snapctl bow status --json --control /run/snapctl/bow-sdb.sock`, control.OpStatus,
 		func(s *serveStatus) {
 			where := s.NBD
 			if where == "" {
@@ -715,10 +357,11 @@ func humanBytes(n int64) string {
 // to exit codes and hints.
 func classifyBowServe(err error) (int, string, bool) {
 	var (
-		ce  controlError
-		ns  errNoServer
-		cb  errControlBusy
-		se  errStoppedEarly
+		ns  control.NoServerError
+		cb  control.SocketBusyError
+		br2 control.BadRequestError
+		se  serve.StoppedError
+		un  serve.UntrustedNetworkError
 		nr  bow.NeedsRestoreError
 		rp  bow.RestoreInProgressError
 		tr  bow.TransitionError
@@ -732,12 +375,14 @@ func classifyBowServe(err error) (int, string, bool) {
 		nol bow.NoLogError
 	)
 	switch {
-	case errors.As(err, &ce):
-		return ce.Code, ce.Hint, true
 	case errors.As(err, &ns):
 		return exitRefused, "start the server first: snapctl bow serve DEV --nbd /dev/nbd0 (or name its socket with --control)", true
 	case errors.As(err, &cb):
 		return exitRefused, "stop the other server first, or give this one its own --control socket", true
+	case errors.As(err, &br2):
+		return exitFailure, "the server does not know this request: is it an older snapctl? Stop it and serve again with this one", true
+	case errors.As(err, &un):
+		return exitRefused, "serve on a loopback address (tcp:127.0.0.1:PORT, tcp:[::1]:PORT, or unix:PATH); on a network where every host is trusted, add --trusted-network", true
 	case errors.As(err, &se):
 		return exitFailure, "the device was disconnected under the server (nbd-client -d?); the checkpoint log on the device is intact: serve again after 'snapctl bow restore' or 'snapctl bow commit --offline'", true
 	case errors.As(err, &nr):

@@ -2,9 +2,9 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,10 +14,25 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/snapctl/snapctl/bow"
+	"github.com/snapctl/snapctl/bow/control"
 	"github.com/snapctl/snapctl/bow/nbd"
+	"github.com/snapctl/snapctl/bow/serve"
 )
 
-// startControl runs the control socket of an engine on an in-memory device.
+// engineHandler answers a control socket from an engine, as a bow server
+// does.
+type engineHandler struct {
+	e   *bow.Engine
+	srv *nbd.Server
+}
+
+func (h engineHandler) Status() *serveStatus {
+	return &serveStatus{Status: h.e.Status(), NBD: "/dev/nbd9", PID: os.Getpid(), StatePath: "/x.map", Server: h.srv.Stats()}
+}
+func (h engineHandler) Checkpoint(ctx context.Context) error { return h.e.Checkpoint(ctx) }
+func (h engineHandler) Commit(ctx context.Context) error     { return h.e.Commit(ctx) }
+
+// startControl runs a control socket for an engine on an in-memory device.
 func startControl(t *testing.T, size int64) (*bow.Engine, string) {
 	t.Helper()
 	e, err := bow.Open(bow.NewMem(size), bow.Options{BlockSize: 4096})
@@ -26,8 +41,7 @@ func startControl(t *testing.T, size int64) (*bow.Engine, string) {
 	}
 	t.Cleanup(func() { e.Close() })
 	sock := filepath.Join(t.TempDir(), "ctl.sock")
-	st := &serveState{e: e, srv: nbd.NewServer(engineBackend{e}, nbd.Options{}), nbd: "/dev/nbd9", statePath: "/x.map"}
-	ctl, err := listenControl(sock, st)
+	ctl, err := control.Listen(sock, engineHandler{e, nbd.NewServer(e, nbd.Options{})})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -35,92 +49,40 @@ func startControl(t *testing.T, size int64) (*bow.Engine, string) {
 	return e, sock
 }
 
-func TestBowControl(t *testing.T) {
+// TestBowControlHints: the errors a server reports over its control socket
+// reach the CLI's classifier as the engine's typed errors, which gives
+// them their exit codes and hints on this side.
+func TestBowControlHints(t *testing.T) {
 	e, sock := startControl(t, 1<<20)
-	s, err := callControl(sock, "status")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if s.State != bow.StateTrim || s.NBD != "/dev/nbd9" || s.PID != os.Getpid() || s.Size != 1<<20 {
-		t.Fatalf("status: state %v nbd %q pid %d size %d", s.State, s.NBD, s.PID, s.Size)
-	}
+	c := control.Client{Socket: sock}
+	ctx := context.Background()
 	// Nothing trimmed: no room for a checkpoint.
-	_, err = callControl(sock, "checkpoint")
+	_, err := c.Checkpoint(ctx)
 	code, hint := classify(err)
 	if err == nil || code != exitRefused || !strings.Contains(hint, "fstrim") {
 		t.Fatalf("checkpoint without free space: %v, exit %d, hint %q; want exit 4 naming fstrim", err, code, hint)
 	}
-	// The trim goes through the NBD backend adapter.
-	if err := (engineBackend{e}).Trim(8192, 512<<10); err != nil {
+	if err := e.Trim(8192, 512<<10); err != nil {
 		t.Fatal(err)
 	}
-	s, err = callControl(sock, "checkpoint")
-	if err != nil {
+	if _, err := c.Checkpoint(ctx); err != nil {
 		t.Fatalf("checkpoint: %v", err)
 	}
-	if s.State != bow.StateCheckpoint || s.FreeBytes == 0 || s.LogBlocks != 1 {
-		t.Fatalf("after checkpoint: state %v free %d log blocks %d", s.State, s.FreeBytes, s.LogBlocks)
-	}
-	_, err = callControl(sock, "checkpoint")
+	_, err = c.Checkpoint(ctx)
 	if code, hint := classify(err); code != exitRefused || !strings.Contains(hint, "bow commit") {
 		t.Fatalf("second checkpoint: %v, exit %d, hint %q; want exit 4 naming bow commit", err, code, hint)
 	}
-	if s, err = callControl(sock, "commit"); err != nil || s.State != bow.StateCommitted {
-		t.Fatalf("commit: %v, state %v", err, s.State)
-	}
-	_, err = callControl(sock, "frobnicate")
-	var ce controlError
-	if !errors.As(err, &ce) || !strings.Contains(ce.Msg, "frobnicate") {
-		t.Fatalf("unknown op: %v, want a control error naming it", err)
-	}
-}
-
-func TestBowControlBadRequest(t *testing.T) {
-	_, sock := startControl(t, 1<<20)
-	conn, err := net.Dial("unix", sock)
-	if err != nil {
+	if _, err := c.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
-	conn.Write([]byte("{not json\n"))
-	b := make([]byte, 4096)
-	n, _ := conn.Read(b)
-	if !bytes.Contains(b[:n], []byte(`"ok":false`)) || !bytes.Contains(b[:n], []byte("parse request")) {
-		t.Fatalf("answer to a bad request: %s", b[:n])
-	}
-}
-
-func TestBowControlSocketBusy(t *testing.T) {
-	_, sock := startControl(t, 1<<20)
-	e, err := bow.Open(bow.NewMem(1<<20), bow.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = listenControl(sock, &serveState{e: e})
-	var cb errControlBusy
-	if !errors.As(err, &cb) {
-		t.Fatalf("second listener on a live socket: %v, want errControlBusy", err)
-	}
-	// A stale socket file (nobody listening) is replaced.
-	stale := filepath.Join(t.TempDir(), "stale.sock")
-	l, err := net.Listen("unix", stale)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l.(*net.UnixListener).SetUnlinkOnClose(false)
-	l.Close()
-	ctl, err := listenControl(stale, &serveState{e: e, srv: nbd.NewServer(engineBackend{e}, nbd.Options{})})
-	if err != nil {
-		t.Fatalf("listener over a stale socket: %v", err)
-	}
-	ctl.Close()
-	if _, err := os.Stat(stale); !os.IsNotExist(err) {
-		t.Fatalf("socket after Close: %v, want it removed", err)
+	_, err = c.Commit(ctx)
+	if code, hint := classify(err); code != exitRefused || !strings.Contains(hint, "serve the device again") {
+		t.Fatalf("second commit: %v, exit %d, hint %q; want exit 4 naming a new serve", err, code, hint)
 	}
 }
 
 func TestBowNoServer(t *testing.T) {
-	_, err := callControl(filepath.Join(t.TempDir(), "none.sock"), "status")
+	_, err := control.Client{Socket: filepath.Join(t.TempDir(), "none.sock")}.Status(context.Background())
 	code, hint := classify(err)
 	if code != exitRefused || !strings.Contains(hint, "bow serve") {
 		t.Fatalf("no server: %v, exit %d, hint %q; want exit 4 naming bow serve", err, code, hint)
@@ -149,12 +111,6 @@ func TestControlFor(t *testing.T) {
 	}
 }
 
-func TestBowStatePath(t *testing.T) {
-	if got, want := bowStatePath("/var/lib/snapctl", "/dev/ubdb"), "/var/lib/snapctl/bow/dev_ubdb.map"; got != want {
-		t.Fatalf("got %q, want %q", got, want)
-	}
-}
-
 func TestClassifyBowServe(t *testing.T) {
 	tests := []struct {
 		err      error
@@ -174,8 +130,11 @@ func TestClassifyBowServe(t *testing.T) {
 		{bow.CorruptLogError{Device: "d"}, exitInvalidData, "--roll-forward-on-corruption"},
 		{nbd.BusyError{Path: "/dev/nbd0"}, exitRefused, "another --nbd"},
 		{nbd.NotNBDError{Path: "/dev/sda", Reason: "x"}, exitUnsupported, "modprobe nbd"},
-		{controlError{Msg: "x", Code: 6, Hint: "do y"}, 6, "do y"},
-		{errStoppedEarly{NBD: "/dev/nbd0"}, exitFailure, "restore"},
+		{control.RemoteError{Msg: "x", Err: bow.BrokenError{Device: "/dev/ubdb"}}, exitNeedsRepair, "bow restore /dev/ubdb"},
+		{control.NoServerError{Socket: "/x.sock"}, exitRefused, "snapctl bow serve"},
+		{control.SocketBusyError{Socket: "/x.sock"}, exitRefused, "--control"},
+		{serve.StoppedError{NBD: "/dev/nbd0"}, exitFailure, "restore"},
+		{fmt.Errorf("serve d: %w", serve.UntrustedNetworkError{Address: "0.0.0.0:1"}), exitRefused, "--trusted-network"},
 	}
 	for _, tc := range tests {
 		code, hint, ok := classifyBowServe(tc.err)
@@ -215,6 +174,29 @@ func TestBowServeUsage(t *testing.T) {
 		var u usageError
 		if !errors.As(err, &u) {
 			t.Errorf("serve with %+v: %v, want a usage error", f, err)
+		}
+	}
+}
+
+// TestBowServeRefusesNetwork: NBD has no authentication, so serving on an
+// address other hosts can reach is refused, naming the address and the
+// flag that allows it, before the device is even opened; loopback serves.
+func TestBowServeRefusesNetwork(t *testing.T) {
+	state := t.TempDir()
+	for _, addr := range []string{"tcp:0.0.0.0:10809", "tcp::10809", "tcp:[::]:10809", "tcp:192.0.2.7:10809"} {
+		_, _, err := runBow(t, "serve", "/nonexistent", "--listen", addr, "--state-dir", state)
+		code, hint := classify(err)
+		host := strings.TrimPrefix(addr, "tcp:")
+		if err == nil || !strings.Contains(err.Error(), host) || code != exitRefused || !strings.Contains(hint, "--trusted-network") {
+			t.Errorf("serve --listen %s: %v, exit %d, hint %q; want exit %d naming %s and --trusted-network", addr, err, code, hint, exitRefused, host)
+		}
+	}
+	// Loopback and trusted networks pass the check: the device is opened
+	// (and is missing).
+	for _, args := range [][]string{{"--listen", "tcp:127.0.0.1:10809"}, {"--listen", "tcp:[::1]:10809"}, {"--listen", "tcp:0.0.0.0:10809", "--trusted-network"}} {
+		_, _, err := runBow(t, append([]string{"serve", "/nonexistent", "--state-dir", state, "--control", filepath.Join(state, "c.sock")}, args...)...)
+		if err == nil || !strings.Contains(err.Error(), "/nonexistent") {
+			t.Errorf("serve %v: %v, want the missing device reported", args, err)
 		}
 	}
 }

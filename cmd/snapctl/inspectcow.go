@@ -59,14 +59,11 @@ disk rather than a stale page cache.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var want merge.Expect
 			if chunk != "" {
-				cb, err := cowsize.ParseBytes(chunk)
-				if err == nil && (cb < merge.SectorSize || cb > merge.MaxChunkSize*merge.SectorSize || cb&(cb-1) != 0) {
-					err = fmt.Errorf("%d bytes is not a power of two from 512 bytes to 1 GiB", cb)
-				}
+				cs, err := storeChunkSectors(chunk)
 				if err != nil {
 					return newUsageError(cmd.CommandPath(), fmt.Errorf("--chunk-size: %w", err))
 				}
-				want.ChunkSize = uint32(cb / merge.SectorSize)
+				want.ChunkSize = cs
 			}
 			if originSize != "" {
 				n, err := cowsize.ParseBytes(originSize)

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/snapctl/snapctl/cowsize"
 	"github.com/snapctl/snapctl/merge"
 )
 
@@ -30,7 +31,11 @@ func inspectCOWStore(t *testing.T, n int) (string, []merge.Exception, []byte) {
 	t.Helper()
 	l := merge.Layout{ChunkSize: 8}
 	ex := make([]merge.Exception, n)
-	b := make([]byte, int64(l.MinChunks(uint64(n)))*4096)
+	size, err := cowsize.ForChunks(uint64(n), 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, size.Bytes)
 	for i := range ex {
 		ex[i] = merge.Exception{Old: uint64(2 * i), New: l.DataChunk(uint64(i))}
 		copy(b[int64(ex[i].New)*4096:], bytes.Repeat([]byte{byte(i + 1)}, 4096))

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/snapctl/snapctl/cowsize"
+	"github.com/snapctl/snapctl/dmtable"
 	"github.com/snapctl/snapctl/merge"
 )
 
@@ -65,14 +66,11 @@ func runOfflineMergeCmd(cmd *cobra.Command, a *app, args []string, o offlineFlag
 	if o.origin == "" || o.cow == "" || o.chunk == "" {
 		return newUsageError(cmd.CommandPath(), errors.New("merge --offline needs NAME, or --origin, --cow and --chunk-size"))
 	}
-	cb, err := cowsize.ParseBytes(o.chunk)
-	if err == nil && (cb < merge.SectorSize || cb > merge.MaxChunkSize*merge.SectorSize || cb&(cb-1) != 0) {
-		err = fmt.Errorf("%d bytes is not a power of two from 512 bytes to 1 GiB", cb)
-	}
+	cs, err := storeChunkSectors(o.chunk)
 	if err != nil {
 		return newUsageError(cmd.CommandPath(), fmt.Errorf("--chunk-size: %w", err))
 	}
-	opts.ChunkSize = uint32(cb / merge.SectorSize)
+	opts.ChunkSize = cs
 	opts.ProgressFile, opts.Invalidate = o.progressFile, !o.keepValid
 	res, err := merge.OfflinePaths(ctx, o.origin, []merge.Segment{{Path: o.cow}}, opts)
 	if err != nil {
@@ -125,4 +123,14 @@ type offlineMergeDoc struct {
 	AlreadyDone bool    `json:"already_done"`
 	Invalidated bool    `json:"invalidated"`
 	Seconds     float64 `json:"seconds"`
+}
+
+// storeChunkSectors parses the chunk size of an existing store: any size
+// the kernel takes, in sectors.
+func storeChunkSectors(s string) (uint32, error) {
+	cb, err := cowsize.ParseBytes(s)
+	if err == nil && (cb%merge.SectorSize != 0 || !dmtable.ValidChunkSectors(cb/merge.SectorSize)) {
+		err = fmt.Errorf("%d bytes is not a power of two from 512 bytes to 1 GiB", cb)
+	}
+	return uint32(cb / merge.SectorSize), err
 }

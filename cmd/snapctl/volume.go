@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/snapctl/snapctl/cowsize"
+	"github.com/snapctl/snapctl/dmtable"
 	"github.com/snapctl/snapctl/snapshot"
 )
 
@@ -30,6 +31,7 @@ func init() {
 	register(newGrowCmd)
 	register(newMonitorCmd)
 	registerClassifier(classifyVolumeErr)
+	registerClassifier(classifyStoreErr)
 }
 
 // manager opens the state directory for a volume command.
@@ -65,10 +67,10 @@ Example:
 			if err != nil {
 				return err
 			}
-			if err := m.Attach(args[0], origin); err != nil {
+			if err := m.Attach(cmd.Context(), args[0], origin); err != nil {
 				return err
 			}
-			return a.report(m, args[0], fmt.Sprintf("attached %s as /dev/mapper/%s\n", origin, args[0]))
+			return a.report(cmd.Context(), m, args[0], fmt.Sprintf("attached %s as /dev/mapper/%s\n", origin, args[0]))
 		},
 	}
 	c.Flags().StringVar(&origin, "origin", "", "the origin block device")
@@ -88,7 +90,9 @@ func newPrepareCmd(a *app) *cobra.Command {
 	var (
 		o                          snapshot.PrepareOptions
 		mode, size, chunk, maxSize string
+		overflow, backend          string
 		changes, newImage          string
+		groupName                  string
 	)
 	c := &cobra.Command{
 		Use:   "prepare NAME --origin DEV --store PATH",
@@ -102,11 +106,24 @@ builds the snapshot over the volume, live.
     is the snapshot; the origin is untouched until the merge.
     commit = merge, rollback = drop.
 
+--group GROUP makes the volume a member of an update group: the group, not
+the volume, is then committed or rolled back ('snapctl seal', 'mark-good',
+'mark-bad').
+
 --size auto sizes the store exactly (dm-snapshot's exception-store formula) for
 the change set given by --changes or --new-image; in checkpoint mode without a
 change set it takes the store filesystem's free space less a reserve (5 % or
-256 MiB, whichever is smaller), capped by --max-size. --dry-run prints every
-table and the file it would allocate and changes nothing.
+256 MiB, whichever is smaller), capped by --max-size.
+
+--overflow fail (update mode only) makes writes to a full store fail instead of
+invalidating the snapshot, so a too-small store costs the update, not the
+snapshot; snapctl records a store it ever sees full and never merges it. In
+checkpoint mode it is refused: writes go to the origin there, and a write that
+finds the store full invalidates the snapshot whatever the policy.
+
+--dry-run changes nothing: it prints the size, the filesystem and the devices
+the store's blocks will be on, and every table but NAME-cow's, which exists only
+once the filesystem has allocated the file.
 
 Examples:
   snapctl prepare data --origin /dev/sdb1 --store /data/.snapctl-store --size auto
@@ -115,6 +132,7 @@ Examples:
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.Name, o.Mode, o.DryRun = args[0], snapshot.Mode(mode), a.dryRun
+			o.Overflow, o.Backend = snapshot.Overflow(overflow), snapshot.Backend(backend)
 			cb, err := cowsize.ParseBytes(chunk)
 			if err == nil {
 				err = cowsize.CheckChunk(cb)
@@ -134,8 +152,8 @@ Examples:
 			switch {
 			case size == "auto":
 				if changes != "" || newImage != "" {
-					o.AutoBytes = func(origin string, cs uint32) (uint64, error) {
-						return autoSize(cmd.Context(), a, origin, changes, newImage, cs)
+					o.AutoBytes = func(ctx context.Context, origin string, cs uint32) (uint64, error) {
+						return autoSize(ctx, a, origin, changes, newImage, cs)
 					}
 				}
 			default:
@@ -150,7 +168,15 @@ Examples:
 			if err != nil {
 				return err
 			}
-			plan, err := m.Prepare(o)
+			var plan *snapshot.Plan
+			if groupName != "" {
+				if err := snapshot.CheckName(groupName); err != nil {
+					return newUsageError(cmd.CommandPath(), fmt.Errorf("--group: %w", err))
+				}
+				plan, err = a.groups(m).Join(cmd.Context(), groupName, o)
+			} else {
+				plan, err = m.Prepare(cmd.Context(), o)
+			}
 			if err != nil {
 				return err
 			}
@@ -170,6 +196,10 @@ Examples:
 				a.printf(", %d extents", plan.Extents)
 			}
 			a.printf("\n")
+			if pl := plan.Placement; pl != nil {
+				a.printf("store blocks: not known in a dry run: %s chooses them when it allocates the file, and %s-cow maps them then.\n", pl.Filesystem, plan.Name)
+				a.printf("  the %d bytes will be allocated by %s on %s, %s\n", plan.StoreBytes, pl.Filesystem, describeNode(pl.FSDevice, pl.FSDev), placementDevices(pl))
+			}
 			for _, d := range []string{plan.Name + "-cow", plan.Name + "-real", plan.Name + "-base", plan.Name + "-snap", plan.Name} {
 				if t, ok := plan.Tables[d]; ok {
 					a.printf("table %s:\n  %s\n", d, strings.ReplaceAll(strings.TrimSpace(t), "\n", "\n  "))
@@ -187,9 +217,10 @@ Examples:
 	f.StringVar(&chunk, "chunk-size", "4K", "exception chunk size, a power of two from 4K to 512K")
 	f.StringVar(&changes, "changes", "", "file of byte ranges the update writes (offset length per line), for --size auto")
 	f.StringVar(&newImage, "new-image", "", "the new image, diffed against the origin, for --size auto")
-	f.StringVar(&o.Overflow, "overflow", "invalidate", "a full store: invalidate the snapshot, or fail writes to it (PO, update mode)")
-	f.StringVar(&o.Backend, "backend", "fiemap", "fiemap (map the file's blocks on the raw device) or loop (a loop device over the file, for a filesystem mounted directly on a partition)")
+	f.StringVar(&overflow, "overflow", "invalidate", "a full store: invalidate the snapshot, or fail writes to it (PO; update mode only, refused in checkpoint mode)")
+	f.StringVar(&backend, "backend", "fiemap", "fiemap (map the file's blocks on the raw device) or loop (a loop device over the file, for a filesystem mounted directly on a partition)")
 	f.BoolVar(&a.dryRun, "dry-run", false, "print what would be done; change nothing")
+	f.StringVar(&groupName, "group", "", "join (or start) this update group: one commit-or-rollback decision for all its volumes (see 'snapctl seal --help')")
 	return c
 }
 
@@ -230,21 +261,27 @@ contrib/systemd/snapctl-activate.service). For each volume (all without NAME)
 it rebuilds the device stack from the state record, resumes a merge the kernel
 was doing, runs a rollback scheduled with --at-next-activate, undoes a prepare
 that was cut short and finishes a commit, rollback, drop or grow that was cut
-short. It is also the recovery command after a crash or a killed snapctl.`,
+short. It is also the recovery command after a crash or a killed snapctl.
+
+Update groups come first, before any volume is assembled: a decision recorded
+by mark-good or mark-bad and not yet carried out is carried out on every
+member; a sealed group whose decision is open takes one boot try (once per
+boot); a group with no tries left is rolled back, every member, before
+anything can mount it. What it did goes to stderr (the journal).`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			m, err := a.manager(cmd)
 			if err != nil {
 				return err
 			}
 			m.Progress = a.mergeProgress()
-			if err := m.Activate(o, args...); err != nil {
+			if err := a.groups(m).Activate(cmd.Context(), o, args...); err != nil {
 				return err
 			}
 			if len(args) == 0 {
 				args, _ = m.Names()
 			}
 			for _, n := range args {
-				if s, err := m.Status(n); err == nil && !a.json {
+				if s, err := m.Status(cmd.Context(), n); err == nil && !a.json {
 					a.printf("%s: %s%s\n", n, s.Phase, modeSuffix(s))
 				}
 			}
@@ -264,17 +301,34 @@ func modeSuffix(s *snapshot.VolumeStatus) string {
 
 func newStatusCmd(a *app) *cobra.Command {
 	return &cobra.Command{
-		Use:   "status [NAME]",
-		Short: "Show volumes: mode, phase, devices and tables, store usage, merge progress",
+		Use:   "status [NAME|GROUP]",
+		Short: "Show volumes (mode, phase, devices, store usage, merge progress) or an update group",
 		Long: `Status shows, per volume: mode, phase, the devices of its stack and their
 tables, the store (path, size, extent count), its usage from the kernel (data
 chunks used, percent full, chunks left, Invalid/Overflow) and merge progress.
---json prints a stable object per volume (schema_version 1, see docs/json.md).`,
+The kernel forgets an Overflow once the snapshot is unloaded (deactivate,
+reboot): status records whatever it sees in the volume's state, and shows a
+store that was ever seen full or invalid, which snapctl will never merge.
+--json prints a stable object per volume (schema_version 1, see docs/json.md).
+
+With the name of an update group it shows the group: its state, tries left,
+the decision and who took it, and each member's mode and phase.`,
 		Args: maxArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			m, err := a.manager(cmd)
 			if err != nil {
 				return err
+			}
+			if g := a.groups(m); len(args) == 1 && g.IsGroup(args[0]) {
+				s, err := g.Status(cmd.Context(), args[0])
+				if err != nil {
+					return err
+				}
+				if a.json {
+					return a.printDoc(groupDoc{s})
+				}
+				a.printGroupStatus(s)
+				return nil
 			}
 			names := args
 			if len(names) == 0 {
@@ -284,7 +338,7 @@ chunks used, percent full, chunks left, Invalid/Overflow) and merge progress.
 			}
 			all := []*snapshot.VolumeStatus{}
 			for _, n := range names {
-				s, err := m.Status(n)
+				s, err := m.Status(cmd.Context(), n)
 				if err != nil {
 					return err
 				}
@@ -309,6 +363,9 @@ chunks used, percent full, chunks left, Invalid/Overflow) and merge progress.
 
 func (a *app) printStatus(s *snapshot.VolumeStatus) {
 	a.printf("%s: %s%s\n", s.Name, s.Phase, modeSuffix(s))
+	if s.Group != "" {
+		a.printf("  group: %s (`snapctl status %s`)\n", s.Group, s.Group)
+	}
 	if s.Step != "" {
 		a.printf("  operation: %s, at step %s, started by %q; if no snapctl is running it, `snapctl activate %s` finishes it\n", s.Phase, s.Step, s.Command, s.Name)
 	}
@@ -318,10 +375,13 @@ func (a *app) printStatus(s *snapshot.VolumeStatus) {
 	a.printf("  origin: %s (%s, %d bytes)\n", s.Origin.Path, s.Origin.Dev, s.Origin.Sectors*512)
 	if s.Store != nil {
 		a.printf("  store:  %s (%d bytes, chunk %d bytes, %d extents, overflow=%s)\n", s.Store.Path, s.Store.Bytes, s.Store.ChunkSectors*512, s.Extents, s.Store.Overflow)
+		if s.Store.Unusable != "" {
+			a.printf("  store was seen %s: it will never be merged; %s\n", strings.ToUpper(s.Store.Unusable), unusableAdvice(s.Name, s.Mode))
+		}
 	}
 	if u := s.Usage; u != nil {
-		if u.State != "active" {
-			a.printf("  usage:  %s\n", strings.ToUpper(u.State))
+		if u.State != dmtable.SnapshotActive {
+			a.printf("  usage:  %s\n", strings.ToUpper(u.State.String()))
 		} else {
 			a.printf("  usage:  %d data chunks, %.1f%% full, %d chunks left\n", u.DataChunks, u.PercentFull, u.ChunksLeft)
 		}
@@ -345,25 +405,25 @@ func (a *app) printStatus(s *snapshot.VolumeStatus) {
 // its argument names, with merge progress on stderr, and reports the
 // outcome: done (a format with the volume's name) or, with --json, the
 // volume's status.
-func (a *app) volumeOp(op func(m *snapshot.Manager, name string) error, done string) func(*cobra.Command, []string) error {
+func (a *app) volumeOp(op func(m *snapshot.Manager, ctx context.Context, name string) error, done string) func(*cobra.Command, []string) error {
 	return func(cmd *cobra.Command, args []string) error {
 		m, err := a.manager(cmd)
 		if err != nil {
 			return err
 		}
 		m.Progress = a.mergeProgress()
-		if err := op(m, args[0]); err != nil {
+		if err := op(m, cmd.Context(), args[0]); err != nil {
 			return err
 		}
-		return a.report(m, args[0], fmt.Sprintf(done+"\n", args[0]))
+		return a.report(cmd.Context(), m, args[0], fmt.Sprintf(done+"\n", args[0]))
 	}
 }
 
 // report prints a volume's status after a command, or its JSON; for a
 // volume that no longer has a record (detach), the JSON says so.
-func (a *app) report(m *snapshot.Manager, name, human string) error {
+func (a *app) report(ctx context.Context, m *snapshot.Manager, name, human string) error {
 	if a.json {
-		s, err := m.Status(name)
+		s, err := m.Status(ctx, name)
 		var unknown *snapshot.UnknownVolumeError
 		if errors.As(err, &unknown) {
 			return a.printDoc(&detachedDoc{Name: name, Phase: "detached"})
@@ -409,14 +469,14 @@ mounts the volume).`,
 			}
 			m.Progress = a.mergeProgress()
 			o.Wait = true
-			if err := m.Rollback(args[0], o); err != nil {
+			if err := m.Rollback(cmd.Context(), args[0], o); err != nil {
 				return err
 			}
 			msg := fmt.Sprintf("rolled back %s\n", args[0])
 			if o.AtNextActivate {
 				msg = fmt.Sprintf("rollback of %s scheduled for the next `snapctl activate`\n", args[0])
 			}
-			return a.report(m, args[0], msg)
+			return a.report(cmd.Context(), m, args[0], msg)
 		},
 	}
 	c.Flags().BoolVar(&o.AtNextActivate, "at-next-activate", false, "schedule the rollback for the next activate instead of doing it now")
@@ -453,14 +513,14 @@ kernel goes on merging; 'snapctl merge NAME' again, or 'snapctl activate
 				return err
 			}
 			m.Progress = a.mergeProgress()
-			if err := m.Merge(args[0], !noWait); err != nil {
+			if err := m.Merge(cmd.Context(), args[0], !noWait); err != nil {
 				return err
 			}
 			msg := fmt.Sprintf("merged %s\n", args[0])
 			if noWait {
 				msg = fmt.Sprintf("merge of %s handed over to the kernel\n", args[0])
 			}
-			return a.report(m, args[0], msg)
+			return a.report(cmd.Context(), m, args[0], msg)
 		},
 	}
 	c.Flags().BoolVar(&noWait, "no-wait", false, "return once the kernel has taken the merge over")
@@ -504,10 +564,10 @@ func newGrowCmd(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if err := m.Grow(args[0], n); err != nil {
+			if err := m.Grow(cmd.Context(), args[0], n); err != nil {
 				return err
 			}
-			return a.report(m, args[0], fmt.Sprintf("grew the store of %s by %s\n", args[0], by))
+			return a.report(cmd.Context(), m, args[0], fmt.Sprintf("grew the store of %s by %s\n", args[0], by))
 		},
 	}
 	c.Flags().StringVar(&by, "by", "", "how much to add, e.g. 256M")
@@ -550,6 +610,56 @@ until interrupted (see contrib/systemd/snapctl-monitor.service).`,
 	return c
 }
 
+// describeNode is "node (major:minor)", or the number alone.
+func describeNode(node, dev string) string {
+	if node == "" {
+		return dev
+	}
+	return node + " (" + dev + ")"
+}
+
+// placementDevices says where a dry run's store segments will be.
+func placementDevices(p *snapshot.Placement) string {
+	if p.Backend == "loop" {
+		return "and mapped whole through a loop device over the file (--backend loop)"
+	}
+	var ds []string
+	for _, d := range p.Devices {
+		node := ""
+		if maj, min, err := dmtable.ParseDevNum(d); err == nil {
+			node, _ = dmtable.PathByDev(maj, min)
+		}
+		ds = append(ds, describeNode(node, d))
+	}
+	return "in segments on " + strings.Join(ds, ", ")
+}
+
+// unusableAdvice is what to do with a store seen full or invalid.
+func unusableAdvice(name string, mode snapshot.Mode) string {
+	if mode == snapshot.Update {
+		return "the update in it is incomplete: drop it with `snapctl rollback " + name + "` (the origin keeps the old version), then prepare a larger store and write the update again"
+	}
+	return "the checkpoint is lost: drop it with `snapctl commit " + name + "` (the current content stays)"
+}
+
+// classifyStoreErr maps the store checks' errors: a store seen full or
+// invalid (refused, 4) and a store whose file or blocks changed (invalid
+// data, 3).
+func classifyStoreErr(err error) (int, string, bool) {
+	var (
+		seen    *snapshot.StoreSeenUnusableError
+		changed *snapshot.StoreChangedError
+	)
+	switch {
+	case errors.As(err, &seen):
+		return exitRefused, unusableAdvice(seen.Volume, seen.Mode), true
+	case errors.As(err, &changed):
+		return exitInvalidData, "nothing was mapped or written. If the file was only moved or copied, the blocks the snapshot used are gone: give the snapshot up with `snapctl drop " + changed.Volume +
+			"` (update mode: the origin keeps the old version; checkpoint mode: the current content stays)", true
+	}
+	return 0, "", false
+}
+
 // classifyVolumeErr maps the lifecycle's typed errors to exit codes and
 // hints naming the command that fixes or continues the operation.
 func classifyVolumeErr(err error) (int, string, bool) {
@@ -586,7 +696,7 @@ func classifyVolumeErr(err error) (int, string, bool) {
 	case errors.As(err, &inUse):
 		return exitRefused, fmt.Sprintf("unmount it (`umount %s`), or schedule it for boot: `snapctl rollback %s --at-next-activate`", inUse.Device, inUse.Volume), true
 	case errors.As(err, &unusable):
-		if unusable.State == "merge failed" {
+		if unusable.State == dmtable.SnapshotMergeFailed {
 			return exitFailure, "fix the I/O error (see the kernel log), then `snapctl activate --wait " + unusable.Volume + "` restarts the merge where it stopped; do not drop a half-merged store", true
 		}
 		return exitRefused, "the snapshot cannot be merged; drop it with `snapctl drop " + unusable.Volume + "`", true
@@ -601,7 +711,11 @@ func classifyVolumeErr(err error) (int, string, bool) {
 	case errors.As(err, &onOrigin):
 		return exitRefused, "put the store on a filesystem on another device", true
 	case errors.As(err, &refused):
-		return exitRefused, refused.Hint, true
+		return exitRefused, refusalHint(refused), true
+	case errors.Is(err, snapshot.ErrNoStoreSize):
+		return exitFailure, "give --size BYTES, or --size auto with --changes or --new-image", true
+	case errors.Is(err, snapshot.ErrLoopFixedSize):
+		return exitFailure, "prepare with a larger --size", true
 	case errors.As(err, &busyDev):
 		return exitRefused, fmt.Sprintf("unmount what uses %s, then `snapctl attach %s --origin %s` and mount /dev/mapper/%s instead", busyDev.Path, busyDev.Volume, busyDev.Path, busyDev.Volume), true
 	case errors.As(err, &inactive):
@@ -612,6 +726,28 @@ func classifyVolumeErr(err error) (int, string, bool) {
 		return exitRefused, "use --state-dir (or SNAPCTL_STATE_DIR) with a root-owned 0700 directory on a device that is not snapshotted", true
 	}
 	return 0, "", false
+}
+
+// refusalHint is what to do instead of a refused request.
+func refusalHint(e *snapshot.RefusedError) string {
+	switch e.Kind {
+	case snapshot.RefusedOtherOrigin:
+		if e.Op == "attach" {
+			return "use another volume name for " + e.Device + ", or `snapctl detach " + e.Volume + "` first"
+		}
+		return "leave out --origin, or use another volume name for " + e.Device
+	case snapshot.RefusedNoOrigin:
+		return "give --origin DEV, or `snapctl attach " + e.Volume + " --origin DEV` first"
+	case snapshot.RefusedOriginTooSmall:
+		return "snapshot a larger device, or choose a smaller --chunk-size"
+	case snapshot.RefusedNoStorePath:
+		return "give --store PATH on an ext4, xfs or f2fs filesystem"
+	case snapshot.RefusedStoreExists:
+		return "choose a new --store path; remove the old file only if no volume uses it (`snapctl status`)"
+	case snapshot.RefusedStoreDirShared:
+		return "put the store in a directory only root can write, e.g. mkdir -m 700 DIR"
+	}
+	return e.Hint
 }
 
 // mergeProgress draws a merge's progress on stderr (see copyProgress).
