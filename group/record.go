@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/snapctl/snapctl/internal/atomicfile"
+	"github.com/snapctl/snapctl/internal/strictjson"
 	"github.com/snapctl/snapctl/snapshot"
 )
 
@@ -184,13 +185,8 @@ func readRecord(dir, name string) (*Record, error) {
 // parseRecord decodes a record strictly and checks its invariants.
 func parseRecord(path, name string, b []byte) (*Record, error) {
 	var r Record
-	dec := json.NewDecoder(strings.NewReader(string(b)))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&r); err != nil {
+	if err := strictjson.Decode(b, &r); err != nil {
 		return nil, &CorruptRecordError{Path: path, Err: err}
-	}
-	if dec.More() {
-		return nil, &CorruptRecordError{Path: path, Err: errors.New("trailing data after the record")}
 	}
 	if err := r.check(name); err != nil {
 		return nil, &CorruptRecordError{Path: path, Err: err}
