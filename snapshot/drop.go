@@ -26,20 +26,10 @@ func (v *volume) openCount() (int32, error) {
 }
 
 func (v *volume) drop(op string) error {
-	switch v.rec.Phase {
-	case PhasePrepared, PhaseDropping:
-	case PhaseAttached:
-		return &WrongPhaseError{Volume: v.name(), Op: op, Phase: v.rec.Phase}
-	default:
-		return &InterruptedError{Volume: v.name(), Phase: v.rec.Phase, Step: v.rec.Step, Command: v.rec.Command}
-	}
-	if err := v.checkOrigin(); err != nil {
+	if err := v.begin(op, PhaseDropping, "drop"); err != nil {
 		return err
 	}
 	if v.rec.Phase == PhasePrepared {
-		if err := v.groupAllows(op, "drop"); err != nil {
-			return err
-		}
 		if v.rec.Mode == Update {
 			// The content of NAME jumps back to the origin.
 			if n, err := v.openCount(); err != nil {
@@ -78,4 +68,25 @@ func (v *volume) finish(op, kind string) error {
 	v.cleanup()
 	v.rec.Scheduled = ""
 	return v.settle(PhaseAttached, op, kind)
+}
+
+// begin is where merge and drop (verb) start: the volume must be prepared,
+// or in the middle of this same operation (own), which then carries on; its
+// origin must still be the recorded device; and a fresh start must be what
+// the volume's update group decided.
+func (v *volume) begin(op string, own Phase, verb string) error {
+	switch v.rec.Phase {
+	case PhasePrepared, own:
+	case PhaseAttached:
+		return &WrongPhaseError{Volume: v.name(), Op: op, Phase: v.rec.Phase}
+	default:
+		return &InterruptedError{Volume: v.name(), Phase: v.rec.Phase, Step: v.rec.Step, Command: v.rec.Command}
+	}
+	if err := v.checkOrigin(); err != nil {
+		return err
+	}
+	if v.rec.Phase == PhasePrepared {
+		return v.groupAllows(op, verb)
+	}
+	return nil
 }

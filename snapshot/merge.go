@@ -62,20 +62,10 @@ func (v *volume) checkMergeable(op string) error {
 }
 
 func (v *volume) merge(ctx context.Context, op string, wait bool) error {
-	switch v.rec.Phase {
-	case PhasePrepared, PhaseMerging:
-	case PhaseAttached:
-		return &WrongPhaseError{Volume: v.name(), Op: op, Phase: v.rec.Phase}
-	default:
-		return &InterruptedError{Volume: v.name(), Phase: v.rec.Phase, Step: v.rec.Step, Command: v.rec.Command}
-	}
-	if err := v.checkOrigin(); err != nil {
+	if err := v.begin(op, PhaseMerging, "merge"); err != nil {
 		return err
 	}
 	if v.rec.Phase == PhasePrepared {
-		if err := v.groupAllows(op, "merge"); err != nil {
-			return err
-		}
 		if err := v.checkUsable(op); err != nil {
 			return err
 		}
