@@ -98,6 +98,7 @@ const (
 	TypeSnapshotOrigin = "snapshot-origin"
 	TypeSnapshot       = "snapshot"
 	TypeSnapshotMerge  = "snapshot-merge"
+	TypeZero           = "zero"
 )
 
 // checkParams parses the parameters of the target types this package knows;
@@ -116,6 +117,10 @@ func checkParams(tg Target) error {
 		_, err = ParseSnapshot(tg.Params)
 	case TypeSnapshotMerge:
 		_, err = ParseSnapshotMerge(tg.Params)
+	case TypeZero:
+		if tg.Params != "" {
+			err = fmt.Errorf("zero takes no parameters, got %q", tg.Params)
+		}
 	}
 	return err
 }
@@ -159,6 +164,12 @@ func ParseTarget(line string) (Target, error) {
 // (all in sectors). dev is a path or "major:minor".
 func Linear(start, length uint64, dev string, offset uint64) Target {
 	return Target{Start: start, Length: length, Type: "linear", Params: fmt.Sprintf("%s %d", dev, offset)}
+}
+
+// Zero is a `zero` target of length sectors at start: reads return zeros,
+// writes are discarded.
+func Zero(start, length uint64) Target {
+	return Target{Start: start, Length: length, Type: TypeZero}
 }
 
 // LinearParams is the parsed parameter list of a `linear` target.

@@ -35,6 +35,8 @@ func TestValidate(t *testing.T) {
 		{"snapshot", Table{Snapshot(0, 8, SnapshotParams{Origin: "8:0", COW: "8:16", Store: Persistent, Chunk: 8})}, ""},
 		{"snapshot chunk 3", Table{Snapshot(0, 8, SnapshotParams{Origin: "8:0", COW: "8:16", Store: Persistent, Chunk: 3})}, "power of two"},
 		{"merge transient", Table{SnapshotMerge(0, 8, SnapshotParams{Origin: "8:0", COW: "8:16", Store: Transient, Chunk: 8})}, "persistent"},
+		{"zero", Table{lin(0, 8), Zero(8, 2048), lin(2056, 8)}, ""},
+		{"zero with params", Table{{Start: 0, Length: 8, Type: TypeZero, Params: "x"}}, "no parameters"},
 		{"unknown type passes", Table{{Start: 0, Length: 8, Type: "flakey", Params: "anything at all"}}, ""},
 	}
 	for _, tt := range tests {

@@ -345,7 +345,7 @@ mountpoint -q /dev || mount -t devtmpfs dev /dev
 mount -t tmpfs run /run
 mkdir -p /dev/shm /run/kmod/lib && mount -t tmpfs shm /dev/shm
 ln -s /usr/lib/uml/modules /run/kmod/lib/modules
-for mod in dm-mod dm-bufio dm-snapshot dm-flakey dm-dust dm-log-writes dm-delay nbd loop f2fs; do
+for mod in dm-mod dm-bufio dm-snapshot dm-zero dm-flakey dm-dust dm-log-writes dm-delay nbd loop f2fs; do
 	modprobe -d /run/kmod "$mod" || echo "e2e: modprobe $mod failed"
 done
 echo "e2e: guest kernel $(uname -r)"

@@ -43,6 +43,9 @@ func (l loggedKernel) clearInactive(name string) error {
 func (l loggedKernel) suspend(name string) error {
 	return l.done("DM_DEV_SUSPEND", name, l.kernel.suspend(name))
 }
+func (l loggedKernel) suspendNoLockfs(name string) error {
+	return l.done("DM_DEV_SUSPEND (skip lockfs)", name, l.kernel.suspendNoLockfs(name))
+}
 func (l loggedKernel) resume(name string) error {
 	return l.done("DM_DEV_SUSPEND (resume)", name, l.kernel.resume(name))
 }
@@ -77,6 +80,9 @@ func (dmKernel) load(name string, t dmtable.Table) error { return dmtable.Load(n
 func (dmKernel) clearInactive(name string) error         { return dmtable.ClearInactive(name) }
 func (dmKernel) suspend(name string) error {
 	return dmtable.Suspend(name, dmtable.SuspendOptions{})
+}
+func (dmKernel) suspendNoLockfs(name string) error {
+	return dmtable.Suspend(name, dmtable.SuspendOptions{NoLockFS: true})
 }
 func (dmKernel) resume(name string) error                 { return dmtable.Resume(name) }
 func (dmKernel) remove(name string) error                 { return dmtable.Remove(name) }

@@ -136,6 +136,14 @@ const (
 	RefusedStoreExists
 	// RefusedStoreDirShared: the store's directory is writable by everyone.
 	RefusedStoreDirShared
+	// RefusedSkipFreeUpdate: free-space seeding asked for in update mode.
+	RefusedSkipFreeUpdate
+	// RefusedSkipFreeUnmounted: free-space seeding asked for, and no
+	// filesystem is mounted on the volume (Device).
+	RefusedSkipFreeUnmounted
+	// RefusedSkipFreeUnsupported: free-space seeding asked for, and the
+	// volume's filesystem cannot report its free space (Device).
+	RefusedSkipFreeUnsupported
 )
 
 // RefusedError is a request snapctl will not carry out as given: the reason

@@ -25,6 +25,9 @@ type kernel interface {
 	// clearInactive drops a loaded table that was never resumed.
 	clearInactive(name string) error
 	suspend(name string) error
+	// suspendNoLockfs suspends without freezing the filesystem on name
+	// (DM_SKIP_LOCKFS_FLAG): for a filesystem frozen with FIFREEZE.
+	suspendNoLockfs(name string) error
 	resume(name string) error
 	remove(name string) error
 	table(name string) (dmtable.Table, error)
@@ -93,8 +96,12 @@ func linearTable(origin Device) dmtable.Table {
 	return dmtable.Table{dmtable.Linear(0, origin.Sectors, origin.Dev, 0)}
 }
 
-// cowTable maps the store's segments, in order, as NAME-cow.
+// cowTable maps the store's segments, in order, as NAME-cow; a seeded
+// store's seed slots are zero targets between them (cowTableOf).
 func cowTable(s *Store) (dmtable.Table, error) {
+	if seedAreas(s) > 0 {
+		return cowTableOf(s)
+	}
 	segs := make([]fiemap.Segment, len(s.Segments))
 	var at uint64
 	for i, seg := range s.Segments {

@@ -30,6 +30,7 @@ type Manager struct {
 
 	k  kernel
 	fs storeFS
+	fz freezer
 }
 
 // MergeProgress is one reading of a merge under way.
@@ -52,7 +53,7 @@ func Open(dir string, create bool) (*Manager, error) {
 			return nil, err
 		}
 	}
-	m := &Manager{Dir: dir, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Poll: 100 * time.Millisecond, fs: fileStore{}}
+	m := &Manager{Dir: dir, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Poll: 100 * time.Millisecond, fs: fileStore{}, fz: fsFreezer{}}
 	m.k = loggedKernel{kernel: dmKernel{}, m: m}
 	return m, nil
 }

@@ -87,6 +87,8 @@ func (k *modelKernel) suspend(name string) error {
 	return nil
 }
 
+func (k *modelKernel) suspendNoLockfs(name string) error { return k.suspend(name) }
+
 func (k *modelKernel) resume(name string) error {
 	d, err := k.get(name)
 	if err != nil {

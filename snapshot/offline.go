@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/snapctl/snapctl/dmtable"
 	"github.com/snapctl/snapctl/merge"
 )
 
@@ -71,18 +70,11 @@ func (v *volume) mergeOffline(ctx context.Context, opts merge.OfflineOptions) (*
 	if err := v.checkOrigin(); err != nil {
 		return nil, err
 	}
-	var segs []merge.Segment
-	for _, s := range v.rec.Store.Segments {
-		maj, min, err := dmtable.ParseDevNum(s.Dev)
-		if err != nil {
-			return nil, err
-		}
-		p, err := dmtable.PathByDev(maj, min)
-		if err != nil {
-			return nil, fmt.Errorf("offline merge %q: store device %s: %w", name, s.Dev, err)
-		}
-		segs = append(segs, merge.Segment{Path: p, Offset: int64(s.Offset) * 512, Length: int64(s.Length) * 512})
+	segs, seeded, err := v.offlineMergeInput()
+	if err != nil {
+		return nil, err
 	}
+	opts.SeededAreas = seeded
 	if err := v.step(PhaseMerging, "merge:offline"); err != nil {
 		return nil, err
 	}

@@ -9,6 +9,7 @@ import (
 	"syscall"
 
 	"github.com/snapctl/snapctl/fiemap"
+	"github.com/snapctl/snapctl/merge"
 )
 
 // PrepareOptions describes a snapshot to prepare.
@@ -29,6 +30,12 @@ type PrepareOptions struct {
 	// Group is the update group the volume joins (package group records the
 	// membership on its side first).
 	Group string
+	// SkipFree seeds the store with the free chunks of the filesystem
+	// mounted on NAME (checkpoint mode only; see seed.go): the kernel then
+	// copies nothing when they are written. SeedMemory is the kernel
+	// memory budget for the seeds (0: the default).
+	SkipFree   bool
+	SeedMemory uint64
 }
 
 // Plan is what Prepare does (or, with DryRun, would do).
@@ -45,6 +52,9 @@ type Plan struct {
 	// Placement is, in a dry run, where the store would be; its segments
 	// (the NAME-cow table) are known only once the file is allocated.
 	Placement *Placement `json:"store_placement,omitempty"`
+	// Seeds is the free-space seeding (--skip-free): in a dry run, an
+	// estimate from the free map read without freezing.
+	Seeds *SeedReport `json:"seeds,omitempty"`
 }
 
 // reserve is what checkpoint-mode auto sizing leaves free on the store's
@@ -168,7 +178,7 @@ func (m *Manager) prepareAttached(ctx context.Context, o PrepareOptions) (*Plan,
 	if err != nil || o.DryRun {
 		return plan, err
 	}
-	if err := v.prepare(o, plan); err != nil {
+	if err := v.prepare(ctx, o, plan); err != nil {
 		err = fmt.Errorf("prepare %q: %w", o.Name, err)
 		if uerr := v.undoPrepare(); uerr != nil {
 			// Neither done nor undone: the record says preparing, and
@@ -217,7 +227,7 @@ func (m *Manager) plan(ctx context.Context, v *volume, o PrepareOptions) (*Plan,
 		return nil, &RefusedError{Volume: o.Name, Op: "prepare", Kind: RefusedStoreExists,
 			Reason: fmt.Sprintf("store %s already exists (a file or a symbolic link)", o.StorePath)}
 	}
-	_, free, total, err := m.fs.fsOf(o.StorePath)
+	storeFSDev, free, total, err := m.fs.fsOf(o.StorePath)
 	if err != nil {
 		return nil, fmt.Errorf("prepare %q: store %s: %w", o.Name, o.StorePath, err)
 	}
@@ -229,9 +239,35 @@ func (m *Manager) plan(ctx context.Context, v *volume, o PrepareOptions) (*Plan,
 		return nil, err
 	}
 	p := &Plan{Name: o.Name, Mode: o.Mode, StorePath: o.StorePath, ChunkBytes: chunkBytes, DryRun: o.DryRun, Tables: map[string]string{}}
+	var seedBytes uint64
+	if o.SkipFree {
+		mnt, fsType, freeMap, err := m.seedTarget(o.Name, o)
+		if err != nil {
+			return nil, err
+		}
+		sp, n := estimateSeeds(o, origin, freeMap)
+		originChunks := origin.Sectors / uint64(o.ChunkSectors)
+		p.Seeds = &SeedReport{Mountpoint: mnt, FSType: fsType, FreeChunks: n, Areas: sp.Areas, Seeds: sp.Seeds, Objects: sp.Objects,
+			KernelBytes: sp.KernelBytes, Estimate: true, OriginChunks: originChunks, UnseededRoom: seedRoom(originChunks, sp.Seeds, 0)}
+		if inf, err := m.k.info(o.Name); err == nil && inf.Exists && inf.Dev == storeFSDev {
+			p.Seeds.StoreOnVolume = true
+		}
+		sz, err := seedSize(merge.Layout{ChunkSize: o.ChunkSectors}, sp, originChunks)
+		if err != nil {
+			return nil, fmt.Errorf("prepare %q: size the seeded store: %w", o.Name, err)
+		}
+		seedBytes = sz.Bytes
+	}
 	switch {
 	case o.Bytes > 0:
 		p.StoreBytes, p.SizeReason = o.Bytes, "as requested"
+	case o.SkipFree && o.AutoBytes == nil:
+		p.StoreBytes = seedBytes
+		p.SizeReason = fmt.Sprintf("seeded store: header, %d metadata chunks of seeds, and room for every chunk not seeded (%d), so it cannot fill", p.Seeds.Areas, p.Seeds.UnseededRoom)
+		if o.MaxBytes > 0 && p.StoreBytes > o.MaxBytes {
+			p.StoreBytes = o.MaxBytes
+			p.SizeReason += fmt.Sprintf(", capped by --max-size at %d bytes (it can fill)", o.MaxBytes)
+		}
 	case o.AutoBytes != nil:
 		n, err := o.AutoBytes(ctx, origin.Path, o.ChunkSectors)
 		if err != nil {
@@ -306,7 +342,7 @@ func (v *volume) devOf(name string) (string, error) {
 	return inf.Dev, nil
 }
 
-func (v *volume) prepare(o PrepareOptions, p *Plan) error {
+func (v *volume) prepare(ctx context.Context, o PrepareOptions, p *Plan) error {
 	v.rec.Mode, v.rec.Group = o.Mode, o.Group
 	fsDev, _, _, err := v.m.fs.fsOf(o.StorePath)
 	if err != nil {
@@ -323,6 +359,14 @@ func (v *volume) prepare(o PrepareOptions, p *Plan) error {
 		}
 	}
 	v.rec.Store = &Store{Path: o.StorePath, FSDev: fsDev, Bytes: p.StoreBytes, ChunkSectors: o.ChunkSectors, Backend: o.Backend, Overflow: o.Overflow}
+	if o.SkipFree {
+		if loop {
+			return &RefusedError{Volume: v.name(), Op: "prepare", Kind: RefusedSkipFreeUnsupported, Reason: "a seeded store is mapped on the raw devices beneath its file; the loop backend cannot map its seeds"}
+		}
+		// Where the filesystem is mounted, recorded before it is frozen:
+		// the recovery thaws it there.
+		v.rec.Store.Seeded = &SeedInfo{Mountpoint: p.Seeds.Mountpoint, FSType: p.Seeds.FSType, MaxKernelBytes: o.SeedMemory}
+	}
 	if err := v.step(PhasePreparing, "prepare:allocate"); err != nil {
 		return err
 	}
@@ -350,6 +394,9 @@ func (v *volume) prepare(o PrepareOptions, p *Plan) error {
 	}
 	v.rec.Store.Segments = segs
 	p.Extents = len(segs)
+	if o.SkipFree {
+		return v.seedAndSnapshot(ctx, o, p)
+	}
 	cowT, err := cowTable(v.rec.Store)
 	if err != nil {
 		return err
@@ -370,7 +417,14 @@ func (v *volume) prepare(o PrepareOptions, p *Plan) error {
 // buildPrepared builds the live snapshot stack of a prepared volume from
 // its record, in the order the kernel requires; it is what prepare ends
 // with and what activate does after a reboot. Idempotent.
-func (v *volume) buildPrepared(phase Phase) error {
+func (v *volume) buildPrepared(phase Phase) error { return v.buildSnapshot(phase, nil) }
+
+// buildSnapshot is buildPrepared for a prepare that froze NAME's
+// filesystem itself (thaw not nil): NAME is suspended without a second
+// freeze (device-mapper's own freeze fails with EBUSY on a filesystem
+// frozen with FIFREEZE), and thaw runs once the snapshot is live, before
+// the record says prepared.
+func (v *volume) buildSnapshot(phase Phase, thaw func() error) error {
 	name := v.name()
 	// Prepare records each step before it acts. Rebuilding a prepared
 	// volume's stack needs no record: it is idempotent and activate simply
@@ -439,7 +493,11 @@ func (v *volume) buildPrepared(phase Phase) error {
 	if err := step("prepare:suspend"); err != nil {
 		return err
 	}
-	if err := v.suspendIfNeeded(name); err != nil {
+	suspend := v.suspendIfNeeded
+	if thaw != nil {
+		suspend = v.suspendFrozenIfNeeded
+	}
+	if err := suspend(name); err != nil {
 		return fmt.Errorf("suspend %q: %w", name, err)
 	}
 	if err := step("prepare:snapshot"); err != nil {
@@ -472,6 +530,14 @@ func (v *volume) buildPrepared(phase Phase) error {
 	if err := v.m.k.resume(name); err != nil {
 		return fmt.Errorf("resume %q: %w", name, err)
 	}
+	if thaw != nil {
+		if err := step("prepare:thaw"); err != nil {
+			return err
+		}
+		if err := thaw(); err != nil {
+			return err
+		}
+	}
 	return v.prepared(phase)
 }
 
@@ -497,8 +563,19 @@ func (v *volume) prepared(phase Phase) error {
 // undoPrepare takes the volume back to attached: NAME = linear DEV 0, no
 // helper devices, no store file. Nothing of the origin is lost.
 func (v *volume) undoPrepare() error {
+	// A prepare killed while NAME's filesystem was frozen (seeding) left it
+	// frozen: thaw it before anything waits on it (a plain suspend of NAME
+	// fails on a frozen filesystem, deleting the store would hang). With
+	// NAME suspended the thaw would wait on it: collapse resumes NAME
+	// first, and the thaw follows.
+	if err := v.thawAfterKill(); err != nil {
+		return err
+	}
 	if err := v.collapse(); err != nil {
 		return fmt.Errorf("restore %q: %w", v.name(), err)
+	}
+	if err := v.thawAfterKill(); err != nil {
+		return err
 	}
 	if err := v.removeStack(); err != nil {
 		return err

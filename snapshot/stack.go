@@ -114,6 +114,21 @@ func (v *volume) suspendIfNeeded(name string) error {
 	return v.m.k.suspend(name)
 }
 
+// suspendFrozenIfNeeded suspends device name, whose filesystem snapctl
+// froze itself (FIFREEZE), without device-mapper's own freeze: on 6.1 that
+// second freeze fails with EBUSY, and the first already holds the
+// filesystem still and flushed.
+func (v *volume) suspendFrozenIfNeeded(name string) error {
+	inf, err := v.m.k.info(name)
+	if err != nil {
+		return err
+	}
+	if !inf.Exists || inf.Suspended {
+		return nil
+	}
+	return v.m.k.suspendNoLockfs(name)
+}
+
 // collapse brings NAME back to `linear DEV 0` from whatever snapshot table
 // it has, removing NAME-snap while NAME (the origin) is suspended, as the
 // kernel requires whenever a snapshot is unloaded. Idempotent.

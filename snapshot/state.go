@@ -114,6 +114,10 @@ type Store struct {
 	// the store loads clean, so the record remembers it, and a store marked
 	// here is never merged. Empty in records written before the field.
 	Unusable string `json:"unusable,omitempty"`
+	// Seeded is how the store was seeded with the free chunks of the
+	// volume's filesystem (checkpoint mode, prepare --skip-free); nil for
+	// an ordinary store.
+	Seeded *SeedInfo `json:"seeded,omitempty"`
 }
 
 // Sectors is the size of the mapped store.
@@ -273,6 +277,17 @@ func (r *Record) check(name string) error {
 		for i, seg := range s.Segments {
 			if seg.Length == 0 || seg.Dev == "" {
 				return fmt.Errorf("store segment %d is empty", i)
+			}
+		}
+		if sd := s.Seeded; sd != nil {
+			if r.Mode == Update {
+				return errors.New("a seeded store in update mode")
+			}
+			if e := uint64(s.ChunkSectors) * 512 / 16; sd.Seeds != sd.Areas*e {
+				return fmt.Errorf("seeded store: %d seeds in %d areas of %d", sd.Seeds, sd.Areas, e)
+			}
+			if sd.Mountpoint == "" {
+				return errors.New("seeded store without the mount point it was frozen at")
 			}
 		}
 	}

@@ -29,6 +29,12 @@ type Usage struct {
 	DataChunks       uint64                `json:"data_chunks"`
 	ChunksLeft       uint64                `json:"chunks_left"` // data chunks that still fit
 	PercentFull      float64               `json:"percent_full"`
+	// SeededChunks is, for a store seeded with the filesystem's free
+	// chunks, how many seeds it holds. The kernel counts their slots as
+	// allocated; every other figure here leaves them out and counts only
+	// the store's real capacity (its file), except while merging, when
+	// DataChunks is what the kernel has left to merge, seeds included.
+	SeededChunks uint64 `json:"seeded_chunks,omitempty"`
 }
 
 // VolumeStatus is everything `snapctl status` reports about a volume.
@@ -117,6 +123,9 @@ func (m *Manager) Status(ctx context.Context, name string) (*VolumeStatus, error
 			u.PercentFull = float64(st.Allocated) * 100 / float64(st.Total)
 		}
 		u.ChunksLeft = chunksLeft(st.Total/chunk, u.DataChunks, chunk)
+		if t[0].Type == dmtable.TypeSnapshot {
+			realUsage(u, rec.Store)
+		}
 	}
 	s.Usage = u
 	if u := unusableState(st.State); u != "" && rec.Store.Unusable == "" && m.noteUnusableUnlocked(ctx, name, st.State) {
@@ -127,6 +136,29 @@ func (m *Manager) Status(ctx context.Context, name string) (*VolumeStatus, error
 		s.MergeChunksLeft = &left
 	}
 	return s, nil
+}
+
+// realUsage takes a seeded store's seed slots (mapped on zeros, no
+// capacity of the store's file) out of the kernel's figures of a live
+// snapshot.
+func realUsage(u *Usage, s *Store) {
+	sd := seededSectors(s)
+	if sd == 0 || u.AllocatedSectors < sd || u.TotalSectors < sd {
+		return
+	}
+	chunk := uint64(s.ChunkSectors)
+	u.SeededChunks = s.Seeded.Seeds
+	u.AllocatedSectors -= sd
+	u.TotalSectors -= sd
+	u.DataChunks -= min(u.DataChunks, s.Seeded.Seeds)
+	u.PercentFull = 0
+	if u.TotalSectors > 0 {
+		u.PercentFull = float64(u.AllocatedSectors) * 100 / float64(u.TotalSectors)
+	}
+	// The file holds the header, the seeded areas' metadata chunks, and an
+	// ordinary store's areas from area Areas on: as much room as an
+	// ordinary store of the file's chunks less those metadata chunks.
+	u.ChunksLeft = chunksLeft(u.TotalSectors/chunk-s.Seeded.Areas, u.DataChunks, chunk)
 }
 
 // chunksLeft is how many more data chunks fit in a store of total chunks

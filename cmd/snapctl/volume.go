@@ -14,6 +14,7 @@ import (
 
 	"github.com/snapctl/snapctl/cowsize"
 	"github.com/snapctl/snapctl/dmtable"
+	"github.com/snapctl/snapctl/merge"
 	"github.com/snapctl/snapctl/snapshot"
 )
 
@@ -93,6 +94,7 @@ func newPrepareCmd(a *app) *cobra.Command {
 		overflow, backend          string
 		changes, newImage          string
 		groupName                  string
+		seedMemory                 string
 	)
 	c := &cobra.Command{
 		Use:   "prepare NAME --origin DEV --store PATH",
@@ -121,6 +123,26 @@ snapshot; snapctl records a store it ever sees full and never merges it. In
 checkpoint mode it is refused: writes go to the origin there, and a write that
 finds the store full invalidates the snapshot whatever the policy.
 
+--skip-free (checkpoint mode, a filesystem mounted on /dev/mapper/NAME that
+reports its free space: ext4 or xfs) seeds the store with every wholly free
+chunk of that filesystem, so the kernel copies nothing when the filesystem
+later writes into its free space: new files, and the blocks of files written
+anew, cost no store space; only overwritten and freed data is copied. Prepare
+allocates the store first (it may live on that very filesystem), then freezes
+the filesystem, reads its free map (GETFSMAP), writes the seeds, takes the
+snapshot and thaws: the freeze is the point in time, and writers wait for
+about a second. The seeds cost no store space (their slots read as zeros) but
+kernel memory: --seed-memory caps it (the largest free stretches are seeded
+first). The promise changes slightly, as with Android's dm-bow: a rollback
+brings back every file and all metadata, but not the old content of blocks
+that were free at prepare time (the kernel merge writes zeros there). With
+--size auto the store holds room for every chunk that is not seeded, so it
+cannot fill. Refused in update mode (the snapshot is written there, and a
+write to a seeded chunk would land on the shared zeros), for an unmounted
+volume, and for filesystems without GETFSMAP (f2fs, btrfs). After a crash
+while the filesystem was frozen, 'snapctl activate NAME' thaws it and undoes
+the prepare.
+
 --dry-run changes nothing: it prints the size, the filesystem and the devices
 the store's blocks will be on, and every table but NAME-cow's, which exists only
 once the filesystem has allocated the file.
@@ -144,6 +166,14 @@ Examples:
 			if maxSize != "" {
 				if o.MaxBytes, err = cowsize.ParseBytes(maxSize); err != nil {
 					return newUsageError(cmd.CommandPath(), fmt.Errorf("--max-size: %w", err))
+				}
+			}
+			if seedMemory != "" {
+				if !o.SkipFree {
+					return newUsageError(cmd.CommandPath(), errors.New("--seed-memory goes with --skip-free"))
+				}
+				if o.SeedMemory, err = cowsize.ParseBytes(seedMemory); err != nil || o.SeedMemory == 0 {
+					return newUsageError(cmd.CommandPath(), fmt.Errorf("--seed-memory %q: want a size like 8M", seedMemory))
 				}
 			}
 			if changes != "" && newImage != "" {
@@ -196,6 +226,14 @@ Examples:
 				a.printf(", %d extents", plan.Extents)
 			}
 			a.printf("\n")
+			if sd := plan.Seeds; sd != nil {
+				est := ""
+				if sd.Estimate {
+					est = " (estimate: free map read without freezing)"
+				}
+				a.printf("seeds%s: %d of %d free chunks of %s (%s on %s), in %d areas; kernel memory %d bytes (%d exceptions); room for %d unseeded chunks\n",
+					est, sd.Seeds, sd.FreeChunks, sd.Mountpoint, sd.FSType, "/dev/mapper/"+plan.Name, sd.Areas, sd.KernelBytes, sd.Objects, sd.UnseededRoom)
+			}
 			if pl := plan.Placement; pl != nil {
 				a.printf("store blocks: not known in a dry run: %s chooses them when it allocates the file, and %s-cow maps them then.\n", pl.Filesystem, plan.Name)
 				a.printf("  the %d bytes will be allocated by %s on %s, %s\n", plan.StoreBytes, pl.Filesystem, describeNode(pl.FSDevice, pl.FSDev), placementDevices(pl))
@@ -221,6 +259,8 @@ Examples:
 	f.StringVar(&backend, "backend", "fiemap", "fiemap (map the file's blocks on the raw device) or loop (a loop device over the file, for a filesystem mounted directly on a partition)")
 	f.BoolVar(&a.dryRun, "dry-run", false, "print what would be done; change nothing")
 	f.StringVar(&groupName, "group", "", "join (or start) this update group: one commit-or-rollback decision for all its volumes (see 'snapctl seal --help')")
+	f.BoolVar(&o.SkipFree, "skip-free", false, "seed the store with the free chunks of the filesystem mounted on NAME: writes into free space cost no store space (checkpoint mode; old contents of free blocks are not restored)")
+	f.StringVar(&seedMemory, "seed-memory", "", fmt.Sprintf("kernel memory the seeds may take, e.g. 8M (default %d MiB; with --skip-free)", merge.DefaultSeedKernelBytes>>20))
 	return c
 }
 
@@ -375,6 +415,9 @@ func (a *app) printStatus(s *snapshot.VolumeStatus) {
 	a.printf("  origin: %s (%s, %d bytes)\n", s.Origin.Path, s.Origin.Dev, s.Origin.Sectors*512)
 	if s.Store != nil {
 		a.printf("  store:  %s (%d bytes, chunk %d bytes, %d extents, overflow=%s)\n", s.Store.Path, s.Store.Bytes, s.Store.ChunkSectors*512, s.Extents, s.Store.Overflow)
+		if sd := s.Store.Seeded; sd != nil {
+			a.printf("  seeds:  %d free chunks of %s (%s) seeded in %d areas, %d bytes of kernel memory; the figures below leave them out\n", sd.Seeds, sd.Mountpoint, sd.FSType, sd.Areas, sd.KernelBytes)
+		}
 		if s.Store.Unusable != "" {
 			a.printf("  store was seen %s: it will never be merged; %s\n", strings.ToUpper(s.Store.Unusable), unusableAdvice(s.Name, s.Mode))
 		}
@@ -746,6 +789,12 @@ func refusalHint(e *snapshot.RefusedError) string {
 		return "choose a new --store path; remove the old file only if no volume uses it (`snapctl status`)"
 	case snapshot.RefusedStoreDirShared:
 		return "put the store in a directory only root can write, e.g. mkdir -m 700 DIR"
+	case snapshot.RefusedSkipFreeUpdate:
+		return "leave out --skip-free in update mode, or prepare a checkpoint (--mode checkpoint)"
+	case snapshot.RefusedSkipFreeUnmounted:
+		return "mount the filesystem on " + e.Device + " first, or prepare without --skip-free"
+	case snapshot.RefusedSkipFreeUnsupported:
+		return "prepare without --skip-free: the store then needs room for every chunk written"
 	}
 	return e.Hint
 }
