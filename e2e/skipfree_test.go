@@ -46,6 +46,18 @@ type sfStatus struct {
 	} `json:"usage"`
 }
 
+// cowTableOf is the live table of the volume's NAME-cow.
+func cowTableOf(t testing.TB, v *volume) string {
+	t.Helper()
+	for _, d := range v.status().Devices {
+		if d.Name == v.name+"-cow" {
+			return d.Table
+		}
+	}
+	t.Fatalf("%s-cow does not exist", v.name)
+	return ""
+}
+
 func sfStatusOf(t testing.TB, v *volume) sfStatus {
 	t.Helper()
 	var s sfStatus
@@ -262,7 +274,23 @@ func TestSkipFree(t *testing.T) {
 			}
 			t.Logf("%s: after writing %d bytes of new files, overwrites and deletions: %d data chunks, %.1f%% of the store", c.fs, big, s.Usage.Data, s.Usage.Percent)
 
+			// A seeded store grows like any other: the file grows, and its
+			// new chunks follow the seeded areas in NAME-cow.
+			v.must("grow", "vol", "--by", "4M")
+			if g := sfStatusOf(t, v); g.Usage == nil || g.Usage.Total != s.Usage.Total+8192 || g.Usage.Seeded != s.Usage.Seeded {
+				t.Fatalf("after grow --by 4M: usage %+v, want total %d sectors and the same seeds", g.Usage, s.Usage.Total+8192)
+			}
+
 			umount(t, mnt)
+			// Deactivate and activate (a reboot): NAME-cow comes out the
+			// same from the record, and the store check reads the seeded
+			// areas through it.
+			cowBefore := cowTableOf(t, v)
+			v.must("deactivate", "vol")
+			v.must("activate", "vol")
+			if got := cowTableOf(t, v); got != cowBefore || !strings.Contains(got, " zero") {
+				t.Fatalf("vol-cow after deactivate + activate:\n%s\nwant the table before:\n%s", got, cowBefore)
+			}
 			if c.merge == "offline" {
 				v.must("deactivate", "vol")
 				v.must("merge", "vol", "--offline")
@@ -324,4 +352,99 @@ func TestSkipFree(t *testing.T) {
 			t.Fatalf("store file after the refusal: %v", err)
 		}
 	})
+}
+
+// TestSkipFreeCrash kills snapctl (SIGKILL) at every step of a --skip-free
+// prepare (store on the volume's own ext4, which prepare freezes) and of
+// the rollback of a seeded store, then runs `snapctl activate --wait`: the
+// filesystem is never left frozen, and the volume ends attached with every
+// file as it was at prepare time (a prepare undone, or a rollback
+// finished), or prepared (the prepare completed). Every step the
+// completing run announced must have been a kill point.
+func TestSkipFreeCrash(t *testing.T) {
+	parallel(t)
+	if !InGuest(t, Config{Disks: []Disk{{Size: 96 << 20}}}) {
+		return
+	}
+	v := newVolume(t, "vol")
+	v.must("attach", "vol", "--origin", ubd(0))
+	mkfsOn(t, "ext4", "/dev/mapper/vol")
+	mnt := mountFS(t, "/dev/mapper/vol")
+	populate(t, mnt, 10, 1)
+	store := filepath.Join(mnt, ".snapctl-store")
+	want := tree(t, mnt)
+	var table []string
+	for _, op := range []string{"prepare", "rollback"} {
+		kills := 0
+		for k := 1; ; k++ {
+			if k > 40 {
+				t.Fatalf("%s: still killed at step 40; the loop does not end", op)
+			}
+			crash := []string{"SNAPCTL_TEST_CRASH_AFTER=" + fmt.Sprint(k)}
+			prep := []string{"prepare", "vol", "--store", store, "--skip-free", "--state-dir", v.state}
+			var out string
+			var killed bool
+			if op == "prepare" {
+				out, killed, _ = snapctlEnv(t, crash, prep...)
+			} else {
+				v.must(prep[:len(prep)-2]...)
+				writeNew(t, mnt, 2<<20, int64(k))
+				must(t, os.Remove(filepath.Join(mnt, "f00")))
+				must(t, os.WriteFile(filepath.Join(mnt, "f01"), pattern(k, 8192), 0o644))
+				run(t, "sync")
+				umount(t, mnt)
+				out, killed, _ = snapctlEnv(t, crash, "rollback", "vol", "--state-dir", v.state)
+			}
+			if steps := hookSteps(out); killed && len(steps) != k {
+				t.Fatalf("%s killed with SNAPCTL_TEST_CRASH_AFTER=%d after announcing %d steps:\n%s", op, k, len(steps), out)
+			}
+			if killed {
+				kills++
+				v.must("activate", "--wait", "vol")
+			} else if !strings.Contains(out, "prepared") && !strings.Contains(out, "rolled back") {
+				t.Fatalf("%s without a crash failed:\n%s", op, out)
+			}
+			if op == "rollback" {
+				run(t, "mount", "/dev/mapper/vol", mnt)
+			}
+			notFrozen(t, mnt)
+			s := sfStatusOf(t, v)
+			wantPhase := "attached"
+			if op == "prepare" && !killed {
+				wantPhase = "prepared"
+			}
+			if s.Phase != wantPhase {
+				t.Fatalf("%s killed at step %d: phase %s after activate, want %s", op, k, s.Phase, wantPhase)
+			}
+			if wantPhase == "attached" {
+				v.must("activate", "vol") // deletes a store file a rollback brought back
+				if _, err := os.Stat(store); !os.IsNotExist(err) {
+					t.Fatalf("%s killed at step %d: store file left behind (%v)", op, k, err)
+				}
+			}
+			sameTree(t, tree(t, mnt, ".snapctl-store"), withoutStore(want, ".snapctl-store"))
+			if t.Failed() {
+				t.Fatalf("%s killed at step %d: the files differ", op, k)
+			}
+			umount(t, mnt)
+			fsck(t, "/dev/mapper/vol")
+			run(t, "mount", "/dev/mapper/vol", mnt)
+			res := "completed (no step left to kill)"
+			if m := hookKilledLine.FindStringSubmatch(out); killed && m != nil {
+				res = "killed at " + m[2] + ", recovered by activate"
+			}
+			table = append(table, fmt.Sprintf("| %s | %d | %s | %s |", op, k, res, s.Phase))
+			if wantPhase == "prepared" {
+				v.must("commit", "vol")
+			}
+			if !killed {
+				if n := len(hookSteps(out)); n == 0 || kills != n {
+					t.Fatalf("%s: %d kill points covered, but the completing run announced %d steps (want as many, and at least 1)", op, kills, n)
+				}
+				t.Logf("%s --skip-free: %d kill points covered", op, kills)
+				break
+			}
+		}
+	}
+	t.Logf("crash matrix:\n| operation | killed at step | result | phase after |\n|---|---|---|---|\n%s", strings.Join(table, "\n"))
 }

@@ -9,6 +9,7 @@ import (
 	"syscall"
 
 	"github.com/snapctl/snapctl/fiemap"
+	"github.com/snapctl/snapctl/freespace"
 	"github.com/snapctl/snapctl/merge"
 )
 
@@ -217,6 +218,18 @@ func (m *Manager) plan(ctx context.Context, v *volume, o PrepareOptions) (*Plan,
 		return nil, &RefusedError{Volume: o.Name, Op: "prepare", Kind: RefusedOriginTooSmall, Device: origin.Path,
 			Reason: fmt.Sprintf("origin %s (%d bytes) is smaller than one chunk (%d bytes)", origin.Path, origin.Sectors*512, chunkBytes)}
 	}
+	// Seeding is refused (the mode, an unmounted volume, a filesystem
+	// without a free map) before anything about the store is looked at.
+	var (
+		seedMnt, seedFS string
+		seedFree        []freespace.Extent
+	)
+	if o.SkipFree {
+		var err error
+		if seedMnt, seedFS, seedFree, err = m.seedTarget(o.Name, o); err != nil {
+			return nil, err
+		}
+	}
 	if o.StorePath == "" {
 		return nil, &RefusedError{Volume: o.Name, Op: "prepare", Kind: RefusedNoStorePath, Reason: "no store path given"}
 	}
@@ -241,13 +254,9 @@ func (m *Manager) plan(ctx context.Context, v *volume, o PrepareOptions) (*Plan,
 	p := &Plan{Name: o.Name, Mode: o.Mode, StorePath: o.StorePath, ChunkBytes: chunkBytes, DryRun: o.DryRun, Tables: map[string]string{}}
 	var seedBytes uint64
 	if o.SkipFree {
-		mnt, fsType, freeMap, err := m.seedTarget(o.Name, o)
-		if err != nil {
-			return nil, err
-		}
-		sp, n := estimateSeeds(o, origin, freeMap)
 		originChunks := origin.Sectors / uint64(o.ChunkSectors)
-		p.Seeds = &SeedReport{Mountpoint: mnt, FSType: fsType, FreeChunks: n, Areas: sp.Areas, Seeds: sp.Seeds, Objects: sp.Objects,
+		sp, n := estimateSeeds(o, origin, seedFree)
+		p.Seeds = &SeedReport{Mountpoint: seedMnt, FSType: seedFS, FreeChunks: n, Areas: sp.Areas, Seeds: sp.Seeds, Objects: sp.Objects,
 			KernelBytes: sp.KernelBytes, Estimate: true, OriginChunks: originChunks, UnseededRoom: seedRoom(originChunks, sp.Seeds, 0)}
 		if inf, err := m.k.info(o.Name); err == nil && inf.Exists && inf.Dev == storeFSDev {
 			p.Seeds.StoreOnVolume = true

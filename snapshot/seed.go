@@ -531,3 +531,41 @@ func (v *volume) thawAfterKill() error {
 	}
 	return nil
 }
+
+// SeedEstimate is what seeding the filesystem mounted at mountpoint would
+// give, from its free map read without freezing it: the seeds, and the
+// size of a store that holds them and room for every chunk not seeded
+// (what prepare --skip-free --size auto allocates, less its margin).
+func SeedEstimate(mountpoint string, chunkSectors uint32, maxKernelBytes uint64) (*SeedReport, cowsize.Size, error) {
+	var st syscall.Stat_t
+	if err := syscall.Stat(mountpoint, &st); err != nil {
+		return nil, cowsize.Size{}, fmt.Errorf("stat %s: %w", mountpoint, err)
+	}
+	dev := devString(uint64(st.Dev))
+	mnt, fsType, err := fsFreezer{}.mountOf(dev)
+	if err != nil {
+		return nil, cowsize.Size{}, err
+	}
+	if mnt == "" {
+		return nil, cowsize.Size{}, fmt.Errorf("%s: no filesystem of a block device is mounted there", mountpoint)
+	}
+	b, err := os.ReadFile("/sys/dev/block/" + dev + "/size")
+	if err != nil {
+		return nil, cowsize.Size{}, fmt.Errorf("size of the device %s under %s: %w", dev, mountpoint, err)
+	}
+	sectors, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil {
+		return nil, cowsize.Size{}, fmt.Errorf("size of the device %s under %s: %w", dev, mountpoint, err)
+	}
+	free, err := freespace.Free(mnt)
+	if err != nil {
+		return nil, cowsize.Size{}, err
+	}
+	o := PrepareOptions{ChunkSectors: chunkSectors, SeedMemory: maxKernelBytes}
+	sp, n := estimateSeeds(o, Device{Sectors: sectors}, free)
+	originChunks := sectors / uint64(chunkSectors)
+	r := &SeedReport{Mountpoint: mnt, FSType: fsType, FreeChunks: n, Areas: sp.Areas, Seeds: sp.Seeds, Objects: sp.Objects,
+		KernelBytes: sp.KernelBytes, Estimate: true, OriginChunks: originChunks, UnseededRoom: seedRoom(originChunks, sp.Seeds, 0)}
+	size, err := cowsize.Seeded(sp.Areas, r.UnseededRoom, chunkSectors*512)
+	return r, size, err
+}

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/snapctl/snapctl/cowsize"
+	"github.com/snapctl/snapctl/snapshot"
 )
 
 func init() {
@@ -36,15 +37,18 @@ type cowSizeResult struct {
 	MarginPercent    *uint64 `json:"margin_percent,omitempty"`
 	BytesWithMargin  *uint64 `json:"bytes_with_margin,omitempty"`
 	ChunksWithMargin *uint64 `json:"changed_chunks_with_margin,omitempty"`
+	// Only with --skip-free: the seeds the filesystem's free map gives.
+	Seeds *snapshot.SeedReport `json:"seeds,omitempty"`
 }
 
 func newCowSizeCmd(a *app) *cobra.Command {
 	var (
 		chunkFlag, changes, oldImg, newImg, marginFlag string
+		skipFree, seedMemory                           string
 		chunks                                         uint64
 	)
 	cmd := &cobra.Command{
-		Use:   "cow-size (--chunks N | --changes FILE | --old A --new B)",
+		Use:   "cow-size (--chunks N | --changes FILE | --old A --new B | --skip-free MOUNTPOINT)",
 		Short: "Compute the exact exception-store size for a change set",
 		Long: `cow-size computes the exact size of the persistent exception store (COW)
 a snapshot needs to hold a change set, so an update never overflows it.
@@ -59,6 +63,12 @@ A change set is given in one of three ways:
                      or block devices) compared chunk by chunk; B may be
                      longer than A (every chunk past A's end counts), not
                      shorter
+  --skip-free MNT    a checkpoint seeded with the free chunks of the
+                     filesystem mounted at MNT (prepare --skip-free): its
+                     free map is read without freezing it, and the store
+                     holds the seeds' metadata and room for every chunk not
+                     seeded, so it cannot fill; it reports the seeds and the
+                     kernel memory they take (--seed-memory caps it)
 
 A store for N changed chunks of C bytes takes N + 2 + floor(N/E) chunks:
 a header, one exception area per E = C/16 exceptions (plus the next area
@@ -76,7 +86,7 @@ headroom, rounded up to whole chunks.`,
 			}
 			fl := cmd.Flags()
 			modes := 0
-			for _, name := range []string{"chunks", "changes", "old"} {
+			for _, name := range []string{"chunks", "changes", "old", "skip-free"} {
 				if fl.Changed(name) {
 					modes++
 				}
@@ -85,7 +95,16 @@ headroom, rounded up to whole chunks.`,
 				return usage(errors.New("--old and --new go together: give both images"))
 			}
 			if modes != 1 {
-				return usage(errors.New("give exactly one change set: --chunks N, --changes FILE, or --old A --new B"))
+				return usage(errors.New("give exactly one change set: --chunks N, --changes FILE, --old A --new B, or --skip-free MOUNTPOINT"))
+			}
+			var seedMem uint64
+			if fl.Changed("seed-memory") {
+				if !fl.Changed("skip-free") {
+					return usage(errors.New("--seed-memory goes with --skip-free"))
+				}
+				if seedMem, err = cowsize.ParseBytes(seedMemory); err != nil || seedMem == 0 {
+					return usage(fmt.Errorf("--seed-memory %q: want a size like 8M", seedMemory))
+				}
 			}
 			var margin uint64
 			if fl.Changed("margin") {
@@ -94,8 +113,15 @@ headroom, rounded up to whole chunks.`,
 				}
 			}
 
-			var size cowsize.Size
+			var (
+				size  cowsize.Size
+				seeds *snapshot.SeedReport
+			)
 			switch {
+			case fl.Changed("skip-free"):
+				if seeds, size, err = snapshot.SeedEstimate(skipFree, chunk/512, seedMem); err != nil {
+					return err
+				}
 			case fl.Changed("chunks"):
 				if size, err = cowsize.ForChunks(chunks, chunk); err != nil {
 					return usage(fmt.Errorf("--chunks %d: %w", chunks, err))
@@ -117,7 +143,7 @@ headroom, rounded up to whole chunks.`,
 			res := cowSizeResult{
 				ChunkSize: size.ChunkSize, ChunkSectors: size.ChunkSectors(),
 				ChangedChunks: size.ChangedChunks, MetadataChunks: size.MetadataChunks,
-				TotalChunks: size.TotalChunks, Bytes: size.Bytes,
+				TotalChunks: size.TotalChunks, Bytes: size.Bytes, Seeds: seeds,
 			}
 			if fl.Changed("margin") {
 				withMargin, err := size.WithMargin(margin)
@@ -134,6 +160,11 @@ headroom, rounded up to whole chunks.`,
 				return a.printDoc(&res)
 			}
 			a.printf("chunk size:       %s (%d sectors)\n", cowSizeHuman(uint64(res.ChunkSize)), res.ChunkSectors)
+			if sd := res.Seeds; sd != nil {
+				a.printf("seeds:            %d of %d free chunks of %s (%s), in %d exception areas\n", sd.Seeds, sd.FreeChunks, sd.Mountpoint, sd.FSType, sd.Areas)
+				a.printf("kernel memory:    %d bytes (%d exceptions)\n", sd.KernelBytes, sd.Objects)
+				a.printf("origin chunks:    %d, %d not seeded\n", sd.OriginChunks, sd.UnseededRoom)
+			}
 			a.printf("changed chunks:   %d\n", res.ChangedChunks)
 			a.printf("metadata chunks:  %d (header + %s of %d entries)\n",
 				res.MetadataChunks, plural(int64(size.Areas()), "exception area"), cowsize.ExceptionsPerArea(chunk))
@@ -153,6 +184,8 @@ headroom, rounded up to whole chunks.`,
 	f.StringVar(&oldImg, "old", "", "current image of the device (file or block device)")
 	f.StringVar(&newImg, "new", "", "new image (file or block device), at least as long as --old")
 	f.StringVar(&marginFlag, "margin", "", "add PCT percent headroom (whole number, e.g. 10 or 10%)")
+	f.StringVar(&skipFree, "skip-free", "", "size a checkpoint seeded with the free chunks of the filesystem mounted here")
+	f.StringVar(&seedMemory, "seed-memory", "", "with --skip-free: the kernel memory the seeds may take, e.g. 8M")
 	return cmd
 }
 
