@@ -65,4 +65,14 @@
 // origin is read through a stale page cache; a store file kept by snapctl is
 // read through its extents on the raw device (OpenSegments), never through
 // the file.
+//
+// # Seeded stores
+//
+// A checkpoint's store may be seeded before the snapshot is taken with an
+// exception for every wholly free chunk of the origin's filesystem
+// (PlanSeeds, WriteSeeded; see seed.go), so that the kernel copies nothing
+// when the filesystem writes into free space. The seeds fill the first
+// metadata areas; their data slots are zeros on the COW device
+// (CowPieces) and take no room in the store file. An offline merge leaves
+// them alone (OfflineOptions.SeededAreas): their "old data" is free space.
 package merge
