@@ -66,7 +66,7 @@ fuzz:
 # The e2e benchmarks: their results are times and ratios of times, so they
 # run alone, one at a time, after the functional tests, which run two guests
 # at a time (each calls parallel(t); e2e TestSchedule checks the split).
-E2E_BENCH := ^(TestMergeBench|TestBowBench|TestBenchMerge|TestBenchPrepareExtents)$$
+E2E_BENCH := ^(TestMergeBench|TestBowBench|TestBenchMerge|TestBenchPrepareExtents|TestBenchSkipFree)$$
 
 # Both passes always run; the target fails if either does.
 e2e: build

@@ -143,6 +143,9 @@ type Config struct {
 	Disks   []Disk
 	MemMiB  int           // guest memory; default 512
 	Timeout time.Duration // per boot; default 10 minutes (two guests share the two cores)
+	// KernelArgs are added to the guest kernel's command line, e.g.
+	// "slab_nomerge" to give each slab cache its own line in /proc/slabinfo.
+	KernelArgs []string
 }
 
 // Machine is a set of disk images booted one or more times.
@@ -255,6 +258,7 @@ func (m *Machine) Run(t testing.TB, opts RunOptions) Result {
 		fmt.Sprintf("mem=%dM", m.cfg.MemMiB), "rootfstype=hostfs", "rootflags=/", "rw",
 		"init=" + initPath, "quiet", "con=null", "con0=fd:0,fd:1",
 	}
+	args = append(args, m.cfg.KernelArgs...)
 	for i, d := range m.disks {
 		args = append(args, fmt.Sprintf("ubd%d=%s", i, d))
 	}

@@ -83,6 +83,11 @@ type OfflineOptions struct {
 	// store's own extents when it lives on the origin device. OfflinePaths
 	// adds them itself.
 	Protect []Extent
+
+	// SeededAreas is the number of seeded metadata areas at the start of
+	// the store (SeedPlan.Areas): their exceptions are seeds, whose data
+	// is nothing to restore, and are not copied.
+	SeededAreas uint64
 }
 
 // OfflineResult describes a finished offline merge.
@@ -95,6 +100,7 @@ type OfflineResult struct {
 	Filled      int64 // unchanged origin bytes this run read and wrote back to join writes (FillGap)
 	AlreadyDone bool  // an earlier run finished and invalidated the store; nothing was done
 	Invalidated bool  // this run marked the store invalid
+	Seeded      int   // seeds (exceptions in the first SeededAreas areas) left alone
 }
 
 const (
@@ -131,19 +137,20 @@ func Offline(ctx context.Context, origin, store Device, opts OfflineOptions) (*O
 	if err != nil {
 		return nil, fmt.Errorf("read store %s: %w", sname, err)
 	}
-	id := identify(st, origin.Size())
+	work, seeded := withoutSeeds(st, opts.SeededAreas)
+	id := identify(work, origin.Size())
 	var rec *progress
 	if opts.ProgressFile != "" {
 		if rec, err = loadProgress(opts.ProgressFile); err != nil {
 			return nil, err
 		}
-		if rec != nil && (rec.Store != id || rec.Done < 0 || rec.Done > len(st.Exceptions)) {
+		if rec != nil && (rec.Store != id || rec.Done < 0 || rec.Done > len(work.Exceptions)) {
 			rec = nil // another store's record: start over, which is always safe
 		}
 	}
 
-	c := newCopier(origin, store, st, opts)
-	res := &OfflineResult{Store: st, Total: c.total}
+	c := newCopier(origin, store, work, opts)
+	res := &OfflineResult{Store: st, Total: c.total, Seeded: seeded}
 	if !st.Header.Valid {
 		if rec != nil && rec.Complete {
 			res.AlreadyDone = true

@@ -37,9 +37,9 @@ type rawFile struct {
 }
 
 type rawSeg struct {
-	start int64 // offset in the store
-	file  *rawFile
-	off   int64 // offset in file
+	start int64    // offset in the store
+	file  *rawFile // nil: a Zero segment
+	off   int64    // offset in file
 	n     int64
 }
 
@@ -55,13 +55,23 @@ func OpenRaw(path string, flags OpenFlags) (*Raw, error) {
 // OpenSegments opens the devices a store is laid out on, each once, and
 // maps store offsets onto them in the order of segs. Every segment must lie
 // inside its device and be sector aligned (block aligned under direct I/O).
+// Zero segments read as zeros; a write into one fails with ErrZeroSegment.
 func OpenSegments(segs []Segment, flags OpenFlags) (*Raw, error) {
 	if len(segs) == 0 {
 		return nil, errors.New("open store segments: no segments")
 	}
-	r := &Raw{name: fmt.Sprintf("%s+%d segments", segs[0].Path, len(segs))}
+	r := &Raw{name: fmt.Sprintf("%s+%d segments", firstPath(segs), len(segs))}
 	byPath := map[string]*rawFile{}
 	for i, s := range segs {
+		if s.Zero {
+			if s.Length <= 0 || s.Length%SectorSize != 0 {
+				r.Close()
+				return nil, fmt.Errorf("open store segment %d (%d bytes of zeros): empty or not a whole number of sectors", i, s.Length)
+			}
+			r.segs = append(r.segs, rawSeg{start: r.size, n: s.Length})
+			r.size += s.Length
+			continue
+		}
 		f := byPath[s.Path]
 		if f == nil {
 			var err error
@@ -91,6 +101,16 @@ func OpenSegments(segs []Segment, flags OpenFlags) (*Raw, error) {
 		r.size += s.Length
 	}
 	return r, nil
+}
+
+// firstPath names a segmented store by its first device.
+func firstPath(segs []Segment) string {
+	for _, s := range segs {
+		if !s.Zero {
+			return s.Path
+		}
+	}
+	return "zeros"
 }
 
 func openRawFile(path string, flags OpenFlags) (*rawFile, error) {
@@ -174,12 +194,23 @@ func (r *Raw) Direct() bool {
 
 // ReadAt reads len(p) bytes at store offset off.
 func (r *Raw) ReadAt(p []byte, off int64) (int, error) {
-	return r.each(p, off, func(f *rawFile, b []byte, o int64) (int, error) { return f.readAt(b, o) })
+	return r.each(p, off, func(f *rawFile, b []byte, o int64) (int, error) {
+		if f == nil {
+			clear(b)
+			return len(b), nil
+		}
+		return f.readAt(b, o)
+	})
 }
 
 // WriteAt writes p at store offset off.
 func (r *Raw) WriteAt(p []byte, off int64) (int, error) {
-	return r.each(p, off, func(f *rawFile, b []byte, o int64) (int, error) { return f.writeAt(b, o) })
+	return r.each(p, off, func(f *rawFile, b []byte, o int64) (int, error) {
+		if f == nil {
+			return 0, fmt.Errorf("write %s at %d: %w", r.name, off, ErrZeroSegment)
+		}
+		return f.writeAt(b, o)
+	})
 }
 
 func (r *Raw) each(p []byte, off int64, op func(*rawFile, []byte, int64) (int, error)) (int, error) {
@@ -239,7 +270,7 @@ func (r *Raw) holds(o *Raw) []Extent {
 	of := o.files[0]
 	var out []Extent
 	for _, s := range r.segs {
-		if s.file.dev == of.dev && s.file.ino == of.ino && s.file.block == of.block {
+		if s.file != nil && s.file.dev == of.dev && s.file.ino == of.ino && s.file.block == of.block {
 			out = append(out, Extent{Offset: s.off, Length: s.n})
 		}
 	}

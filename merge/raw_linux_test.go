@@ -34,7 +34,7 @@ func TestSegmentsMapStoreOffsets(t *testing.T) {
 	ab, bb := randBytes(rng, 16384), randBytes(rng, 12288)
 	writeFile(t, a, ab)
 	writeFile(t, b, bb)
-	segs := []Segment{{a, 8192, 4096}, {b, 0, 8192}, {a, 0, 4096}}
+	segs := []Segment{{Path: a, Offset: 8192, Length: 4096}, {Path: b, Offset: 0, Length: 8192}, {Path: a, Offset: 0, Length: 4096}}
 	var want []byte
 	for _, s := range segs {
 		src := map[string][]byte{a: ab, b: bb}[s.Path]
@@ -97,10 +97,10 @@ func TestOpenSegmentsRejects(t *testing.T) {
 	writeFile(t, a, make([]byte, 8192))
 	for _, segs := range [][]Segment{
 		nil,
-		{{a, 0, 0}},
-		{{a, 100, 512}},
-		{{a, 4096, 8192}},
-		{{filepath.Join(dir, "missing"), 0, 512}},
+		{{Path: a, Offset: 0, Length: 0}},
+		{{Path: a, Offset: 100, Length: 512}},
+		{{Path: a, Offset: 4096, Length: 8192}},
+		{{Path: filepath.Join(dir, "missing"), Offset: 0, Length: 512}},
 	} {
 		if r, err := OpenSegments(segs, 0); err == nil {
 			r.Close()
@@ -127,7 +127,7 @@ func scenarioFiles(t *testing.T, sc *scenario) (origin string, segs []Segment) {
 	copy(d2[cb:], sc.store[p1:p2])
 	writeFile(t, f1, d1)
 	writeFile(t, f2, d2)
-	return origin, []Segment{{f1, 3 * cb, p1}, {f2, cb, p2 - p1}, {f1, 3*cb + p1, int64(len(sc.store)) - p2}}
+	return origin, []Segment{{Path: f1, Offset: 3 * cb, Length: p1}, {Path: f2, Offset: cb, Length: p2 - p1}, {Path: f1, Offset: 3*cb + p1, Length: int64(len(sc.store)) - p2}}
 }
 
 func TestOfflinePathsFiles(t *testing.T) {
@@ -199,7 +199,7 @@ func TestOfflinePathsStoreOnOrigin(t *testing.T) {
 		origin := filepath.Join(t.TempDir(), "disk")
 		image := append(slices.Clone(sc.post), store...)
 		writeFile(t, origin, image)
-		segs := []Segment{{origin, storeStart, int64(len(store))}}
+		segs := []Segment{{Path: origin, Offset: storeStart, Length: int64(len(store))}}
 		_, err := OfflinePaths(context.Background(), origin, segs, OfflineOptions{ChunkSize: cs})
 		got := readFile(t, origin)
 		if hit {

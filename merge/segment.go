@@ -3,11 +3,14 @@ package merge
 // Segment is one stretch of a store on a raw device: Length bytes of the
 // store, following those of the previous segments, live at byte Offset of
 // Path. A store file kept by snapctl is read through its extents this way,
-// never through the file itself.
+// never through the file itself. A Zero segment has no Path: its Length
+// bytes read as zeros and cannot be written (the data slots of a seeded
+// store, which the COW device maps onto a `zero` target).
 type Segment struct {
 	Path   string `json:"path"`
 	Offset int64  `json:"offset"`
 	Length int64  `json:"length"`
+	Zero   bool   `json:"zero,omitempty"`
 }
 
 // Extent is a byte range.

@@ -13,7 +13,7 @@ import (
 // build on other systems, only files built for Linux alone import unsafe or
 // golang.org/x/sys/unix.
 func TestGate(t *testing.T) {
-	for _, dir := range []string{"cowsize", "dmtable", "merge", "bow", "bow/nbd", "fiemap"} {
+	for _, dir := range []string{"cowsize", "dmtable", "merge", "bow", "bow/nbd", "fiemap", "freespace"} {
 		files, err := filepath.Glob(filepath.Join("..", "..", dir, "*.go"))
 		if err != nil {
 			t.Fatal(err)
