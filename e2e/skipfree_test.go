@@ -245,7 +245,11 @@ func TestSkipFree(t *testing.T) {
 			end := time.Now()
 			time.Sleep(200 * time.Millisecond)
 			raced := w.finish()
-			t.Logf("prepare --skip-free took %v:\n%s", end.Sub(start), out)
+			var gap time.Duration
+			for i := 1; i < len(raced); i++ {
+				gap = max(gap, raced[i].at.Sub(raced[i-1].at))
+			}
+			t.Logf("prepare --skip-free took %v (the racing writer's longest pause: %v):\n%s", end.Sub(start), gap, out)
 			pre, after := before(raced, start), len(raced)-len(before(raced, end))
 			if len(pre) == 0 || after == 0 {
 				t.Fatalf("race writer: %d files done before prepare, %d after: want some of each", len(pre), after)
