@@ -9,6 +9,7 @@ import (
 	"math/rand"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -36,8 +37,9 @@ import (
 // (deactivate, merge --offline, activate). Reported: store bytes used (c
 // against b, goal at most 0.1) and bow's backup bytes; the throughput of
 // the 40 MiB new-file write through /dev/mapper/NAME (c/a, goal at least
-// 0.9; b/a; bow/a); rollback time seeded against plain (goal: seeded no
-// slower); prepare time with and without --skip-free.
+// 0.9; b/a; bow/a), written in four pieces of 10 MiB with the
+// configurations taking turns; rollback time seeded against plain (goal:
+// seeded no slower); prepare time with and without --skip-free.
 //
 // Kernel memory: /dev/ubde 1 GiB ext4 whose free space is cut into over
 // 100,000 single free chunks (an 800 MiB preallocated file with a 4 KiB
@@ -62,7 +64,8 @@ func TestBenchSkipFree(t *testing.T) {
 	plain := sfbSetup(t, "sfb", ubd(1))
 	seeded := sfbSetup(t, "sfc", ubd(2))
 
-	// bow: the same files on its own disk, served over NBD.
+	// bow: the same files on its own disk, served over NBD; it takes part
+	// in round 1.
 	bowDisk := ubd(3)
 	mkfsBow(t, bowDisk, 4096)
 	bmnt := mountFS(t, bowDisk)
@@ -72,19 +75,14 @@ func TestBenchSkipFree(t *testing.T) {
 	run(t, "mount", "/dev/nbd1", bmnt)
 	fstrimBow(t, bmnt)
 	srv.must("checkpoint")
-	bowMBs := sfbWorkload(t, bmnt, 1)
-	umount(t, bmnt)
-	bowBytes := srv.must("status").BackedUpBytes
-	srv.must("commit")
-	srv.stop()
-	fsck(t, bowDisk)
+	var bowBytes int64
+	var bowMBs []float64
 
-	var bareMBs, plainMBs, seedMBs, plainPrep, seedPrep, plainRB, seedRB [2]float64
+	var bareMBs, plainMBs, seedMBs [2][]float64
+	var plainPrep, seedPrep, plainRB, seedRB [2]float64
 	var plainUsed, seedUsed [2]int64
 	for round := range 2 {
 		merge := []string{"kernel merge", "userspace merge"}[round]
-		bareMBs[round] = sfbWorkload(t, bare.mnt, round+1)
-
 		for _, v := range []*sfbVol{plain, seeded} {
 			args := []string{"prepare", v.v.name, "--store", filepath.Join(v.mnt, ".snapctl-store"), "--size", "96M", "--chunk-size", "4K"}
 			if v == seeded {
@@ -104,10 +102,29 @@ func TestBenchSkipFree(t *testing.T) {
 		if s.Store.Seeded == nil || s.Store.Seeded.Seeds == 0 {
 			t.Fatalf("prepare --skip-free seeded nothing: %+v", s.Store)
 		}
-		logf("round %d: %d free chunks seeded in %d areas, %d dm_exception objects", round+1, s.Store.Seeded.Seeds, s.Store.Seeded.Areas, s.Store.Seeded.Objects)
+		logf("round %d: %d free chunks seeded in %d areas, %d dm_exception objects (%.2f bytes of them per seed)", round+1,
+			s.Store.Seeded.Seeds, s.Store.Seeded.Areas, s.Store.Seeded.Objects, float64(s.Store.Seeded.Objects*32)/float64(s.Store.Seeded.Seeds))
 
-		plainMBs[round] = sfbWorkload(t, plain.mnt, round+1)
-		seedMBs[round] = sfbWorkload(t, seeded.mnt, round+1)
+		// The 40 MiB new file in four timed pieces of 10 MiB, the
+		// configurations taking turns, so that a burst of load on the
+		// shared host hits them alike.
+		dirs := []string{bare.mnt, plain.mnt, seeded.mnt}
+		if round == 0 {
+			dirs = append(dirs, bmnt)
+		}
+		mbs := sfbNewFile(t, dirs, round+1)
+		bareMBs[round], plainMBs[round], seedMBs[round] = mbs[0], mbs[1], mbs[2]
+		for _, d := range dirs {
+			sfbChange(t, d, round+1)
+		}
+		if round == 0 {
+			bowMBs = mbs[3]
+			umount(t, bmnt)
+			bowBytes = srv.must("status").BackedUpBytes
+			srv.must("commit")
+			srv.stop()
+			fsck(t, bowDisk)
+		}
 		plainUsed[round] = int64(sfbStatus(t, plain.v).Usage.Allocated) * 512
 		seedUsed[round] = int64(sfbStatus(t, seeded.v).Usage.Allocated) * 512
 
@@ -135,24 +152,49 @@ func TestBenchSkipFree(t *testing.T) {
 			}
 			v.v.must("activate", v.v.name) // deletes the store file the rollback brought back
 		}
-		// Keep the bare volume's files as the others' are: back to the start.
-		sfbUndo(t, bare.mnt, round+1)
+		// The bare volume has no rollback: drop its new file.
+		must(t, os.Remove(filepath.Join(bare.mnt, fmt.Sprintf("new%d", round+1))))
+		run(t, "sync")
 	}
 	memFigures := sfbMemory(t)
 
-	logf("workload: 40 MiB new file, 2 MiB of overwrites, 2 deletions, ext4 4 KiB on 256 MiB with 40 files")
+	logf("workload: 40 MiB new file (4 timed pieces of 10 MiB, each with fsync), 2 MiB of overwrites, 2 deletions; ext4 4 KiB on 256 MiB with 40 files")
 	for r := range 2 {
 		logf("round %d (rollback by %s):", r+1, []string{"the kernel merge", "the userspace merge"}[r])
 		logf("  store used: plain %.2f MiB, seeded %.2f MiB: seeded/plain %.3f (goal <= 0.1)", float64(plainUsed[r])/mib, float64(seedUsed[r])/mib, float64(seedUsed[r])/float64(plainUsed[r]))
-		logf("  new-file write MB/s: bare %.1f, plain %.1f, seeded %.1f: seeded/bare %.2f (goal >= 0.9), plain/bare %.2f", bareMBs[r], plainMBs[r], seedMBs[r], seedMBs[r]/bareMBs[r], plainMBs[r]/bareMBs[r])
+		b, p, c := median(bareMBs[r]), median(plainMBs[r]), median(seedMBs[r])
+		logf("  new-file write MB/s (median of 4): bare %.1f, plain %.1f, seeded %.1f: seeded/bare %.2f (goal >= 0.9; pieces %s), plain/bare %.2f (pieces %s)",
+			b, p, c, c/b, ratios(seedMBs[r], bareMBs[r]), p/b, ratios(plainMBs[r], bareMBs[r]))
 		logf("  rollback: plain %.2f s, seeded %.2f s: seeded/plain %.2f (goal <= 1)", plainRB[r], seedRB[r], seedRB[r]/plainRB[r])
 		logf("  prepare: plain %.2f s, --skip-free %.2f s: %.2f", plainPrep[r], seedPrep[r], seedPrep[r]/plainPrep[r])
 	}
-	logf("bow: backed up %.2f MiB; new-file write %.1f MB/s: bow/bare %.2f (bare of round 1)", float64(bowBytes)/mib, bowMBs, bowMBs/bareMBs[0])
+	logf("bow (round 1): backed up %.2f MiB; new-file write %.1f MB/s: bow/bare %.2f (pieces %s)", float64(bowBytes)/mib, median(bowMBs), median(bowMBs)/median(bareMBs[0]), ratios(bowMBs, bareMBs[0]))
 	lines = append(lines, memFigures...)
 	if bowBytes <= 0 || plainUsed[0] <= 0 || seedUsed[0] <= 0 {
 		t.Fatalf("bow %d bytes, plain %d, seeded %d: each should have saved something", bowBytes, plainUsed[0], seedUsed[0])
 	}
+}
+
+// median of a few figures.
+func median(x []float64) float64 {
+	s := slices.Clone(x)
+	slices.Sort(s)
+	if len(s) == 0 {
+		return 0
+	}
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// ratios lists a[i]/b[i], the pairs timed one after the other.
+func ratios(a, b []float64) string {
+	var out []string
+	for i := range min(len(a), len(b)) {
+		out = append(out, fmt.Sprintf("%.2f", a[i]/b[i]))
+	}
+	return strings.Join(out, " ")
 }
 
 // sfbVol is an attached volume with ext4 and files, mounted.
@@ -173,23 +215,43 @@ func sfbSetup(t *testing.T, name, disk string) *sfbVol {
 	return &sfbVol{v: v, mnt: mnt}
 }
 
-// sfbWorkload runs the mixed workload in dir and returns the MB/s of its
-// 40 MiB new-file write (1 MiB writes, then fsync).
-func sfbWorkload(t *testing.T, dir string, round int) float64 {
+// sfbNewFile writes a 40 MiB file "newROUND" into each of dirs in four
+// pieces of 10 MiB (1 MiB writes, then fsync), the dirs taking turns, and
+// returns the MB/s of each piece, per dir.
+func sfbNewFile(t *testing.T, dirs []string, round int) [][]float64 {
 	t.Helper()
 	r := rand.New(rand.NewSource(int64(round)))
 	b := make([]byte, mib)
-	f, err := os.Create(filepath.Join(dir, fmt.Sprintf("new%d", round)))
-	must(t, err)
-	start := time.Now()
-	for range 40 {
-		r.Read(b)
-		_, err := f.Write(b)
+	files := make([]*os.File, len(dirs))
+	for i, d := range dirs {
+		f, err := os.Create(filepath.Join(d, fmt.Sprintf("new%d", round)))
 		must(t, err)
+		files[i] = f
 	}
-	must(t, f.Sync())
-	mbs := 40 * mib / 1e6 / time.Since(start).Seconds()
-	must(t, f.Close())
+	mbs := make([][]float64, len(dirs))
+	for range 4 {
+		for i, f := range files {
+			start := time.Now()
+			for range 10 {
+				r.Read(b)
+				_, err := f.Write(b)
+				must(t, err)
+			}
+			must(t, f.Sync())
+			mbs[i] = append(mbs[i], 10*mib/1e6/time.Since(start).Seconds())
+		}
+	}
+	for _, f := range files {
+		must(t, f.Close())
+	}
+	return mbs
+}
+
+// sfbChange overwrites 1 MiB at the start of two files and deletes two.
+func sfbChange(t *testing.T, dir string, round int) {
+	t.Helper()
+	r := rand.New(rand.NewSource(int64(round)))
+	b := make([]byte, mib)
 	for i := range 2 {
 		p := filepath.Join(dir, fmt.Sprintf("f%02d", 10+i))
 		fi, err := os.Stat(p)
@@ -204,15 +266,6 @@ func sfbWorkload(t *testing.T, dir string, round int) float64 {
 	for i := range 2 {
 		must(t, os.Remove(filepath.Join(dir, fmt.Sprintf("f%02d", 20+2*round+i))))
 	}
-	run(t, "sync")
-	return mbs
-}
-
-// sfbUndo removes what sfbWorkload added on the bare volume (its
-// deletions and overwrites stay: the bare volume has no rollback).
-func sfbUndo(t *testing.T, dir string, round int) {
-	t.Helper()
-	must(t, os.Remove(filepath.Join(dir, fmt.Sprintf("new%d", round))))
 	run(t, "sync")
 }
 
