@@ -187,3 +187,73 @@ func TestPrepareSkipFreeUpdateRefused(t *testing.T) {
 		t.Fatalf("prepare --skip-free in update mode: %v, want RefusedSkipFreeUpdate", err)
 	}
 }
+
+// orderFreezer is a fakeFreezer whose thaw is logged in the kernel
+// model's call list, to check its place among the device-mapper calls.
+type orderFreezer struct {
+	*fakeFreezer
+	k *modelKernel
+}
+
+func (f orderFreezer) thaw(mnt string) error {
+	err := f.fakeFreezer.thaw(mnt)
+	if err == nil {
+		f.k.calls = append(f.k.calls, "thaw")
+	}
+	return err
+}
+
+// A prepare killed while it held the filesystem frozen: activate thaws it
+// before anything could wait on it. With NAME running (killed before the
+// suspend, or after the resume), the thaw comes before NAME is suspended
+// again (a plain suspend of a frozen filesystem's device fails); with NAME
+// suspended (killed between the suspend and the resume), after NAME is
+// resumed (the thaw writes through NAME).
+func TestActivateThawsKilledSkipFree(t *testing.T) {
+	for _, suspended := range []bool{false, true} {
+		t.Run(fmt.Sprintf("suspended=%v", suspended), func(t *testing.T) {
+			m, k, dir := newModelManager(t)
+			fz := &fakeFreezer{maps: [][]freespace.Extent{freeChunks(8192)}}
+			m.fz = orderFreezer{fz, k}
+			if err := m.Attach(t.Context(), "vol", modelOrigin.Path); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := m.Prepare(t.Context(), PrepareOptions{Name: "vol", StorePath: filepath.Join(dir, "store"), SkipFree: true}); err != nil {
+				t.Fatal(err)
+			}
+			// The state a kill under the freeze leaves.
+			rec, err := readRecord(m.Dir, "vol")
+			if err != nil {
+				t.Fatal(err)
+			}
+			rec.Phase, rec.Step, rec.Command = PhasePreparing, "prepare:thaw", "snapctl prepare"
+			if err := writeRecord(m.Dir, rec); err != nil {
+				t.Fatal(err)
+			}
+			fz.frozen = true
+			if suspended {
+				if err := k.suspend("vol"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			k.calls = nil
+			if err := m.Activate(t.Context(), ActivateOptions{}, "vol"); err != nil {
+				t.Fatal(err)
+			}
+			if fz.frozen {
+				t.Fatalf("still frozen after activate; calls %q", k.calls)
+			}
+			thaw := slices.Index(k.calls, "thaw")
+			if suspended {
+				if r := slices.Index(k.calls, "resume vol"); r < 0 || thaw < r {
+					t.Fatalf("thawed before NAME was resumed: %q", k.calls)
+				}
+			} else if s := slices.Index(k.calls, "suspend vol"); thaw < 0 || (s >= 0 && s < thaw) {
+				t.Fatalf("NAME suspended before the thaw: %q", k.calls)
+			}
+			if rec, _ := readRecord(m.Dir, "vol"); rec.Phase != PhaseAttached {
+				t.Fatalf("after activate: phase %s", rec.Phase)
+			}
+		})
+	}
+}
