@@ -87,7 +87,13 @@ func (k *modelKernel) suspend(name string) error {
 	return nil
 }
 
-func (k *modelKernel) suspendNoLockfs(name string) error { return k.suspend(name) }
+func (k *modelKernel) suspendNoLockfs(name string) error {
+	if err := k.suspend(name); err != nil {
+		return err
+	}
+	k.calls[len(k.calls)-1] += " (skip lockfs)"
+	return nil
+}
 
 func (k *modelKernel) resume(name string) error {
 	d, err := k.get(name)

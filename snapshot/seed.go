@@ -449,14 +449,14 @@ func (v *volume) seedAndSnapshot(ctx context.Context, o PrepareOptions, p *Plan)
 		if err != nil {
 			return err
 		}
-		if o.Bytes == 0 && need.Bytes > s.Bytes {
+		if o.Bytes == 0 && o.AutoBytes == nil && o.MaxBytes == 0 && need.Bytes > s.Bytes {
 			// Fewer seeds than the estimate (the filesystem allocated
 			// since): grow the store (it cannot while frozen) and retry.
 			if err := thaw(); err != nil {
 				return err
 			}
 			if attempt > 0 {
-				return &NoSpaceError{Path: s.Path, Need: need.Bytes, Free: s.Bytes}
+				return fmt.Errorf("store %s: %d bytes, and the filesystem keeps taking free space: under the freeze it needs %d bytes to hold every chunk not seeded", s.Path, s.Bytes, need.Bytes)
 			}
 			grown := need.Bytes + l.PerArea()*chunkBytes
 			if err := v.m.fs.extend(s.Path, s.Inode, grown); err != nil {

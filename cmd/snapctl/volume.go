@@ -301,7 +301,9 @@ contrib/systemd/snapctl-activate.service). For each volume (all without NAME)
 it rebuilds the device stack from the state record, resumes a merge the kernel
 was doing, runs a rollback scheduled with --at-next-activate, undoes a prepare
 that was cut short and finishes a commit, rollback, drop or grow that was cut
-short. It is also the recovery command after a crash or a killed snapctl.
+short. It is also the recovery command after a crash or a killed snapctl: a
+prepare --skip-free killed while it held the filesystem frozen leaves it frozen
+(writers on it wait), and activate thaws it first, then undoes the prepare.
 
 Update groups come first, before any volume is assembled: a decision recorded
 by mark-good or mark-bad and not yet carried out is carried out on every
@@ -349,6 +351,9 @@ chunks used, percent full, chunks left, Invalid/Overflow) and merge progress.
 The kernel forgets an Overflow once the snapshot is unloaded (deactivate,
 reboot): status records whatever it sees in the volume's state, and shows a
 store that was ever seen full or invalid, which snapctl will never merge.
+A store seeded with the filesystem's free chunks (prepare --skip-free) shows
+its seeds apart: the usage figures count only the store file's real capacity
+(the kernel counts the seeds' slots as allocated), and so do monitor and grow.
 --json prints a stable object per volume (schema_version 1, see docs/json.md).
 
 With the name of an update group it shows the group: its state, tries left,
