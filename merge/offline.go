@@ -261,6 +261,10 @@ func nameOf(d any, def string) string {
 // (at most FillGap each), which it reads from the origin first. Each span
 // is written as soon as the reads it needs are done. A store that fits in
 // one window is thus read once in order and written once in order.
+//
+// The data is never copied in memory: a read fills the chunks' slots
+// directly (preadv), and a write takes the chunks from their slots and the
+// gaps from the span's fill buffer (pwritev), see vectorDevice.
 type copier struct {
 	origin, store Device
 	ex            []Exception // sorted by Old
@@ -531,9 +535,10 @@ func (c *copier) spans(idx []int) []span {
 // copyWindow copies c.ex[i:j], a stretch of the exceptions in origin
 // order, through buf, which holds their chunks in store order. It reads
 // the store in store order, joining chunks that little separates into one
-// read, and writes each span as soon as the reads it needs are done,
-// Workers reads and writes at a time. Spans are disjoint, so their writes
-// and fill reads never overlap.
+// read (the unneeded chunks in between land in sink), and writes each span
+// as soon as the reads it needs are done, Workers reads and writes at a
+// time; a span with gaps reads them into a buffer from scratch. Spans are
+// disjoint, so their writes and fill reads never overlap.
 func (c *copier) copyWindow(ctx context.Context, i, j int, buf []byte, scratch chan pageBuf, sink pageBuf, report func(data, filled int64, writes int)) error {
 	// Slots: the window's chunks sit in buf in store order.
 	byNew := make([]int, j-i)
