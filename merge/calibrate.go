@@ -45,7 +45,7 @@ func (c *copier) calibrateFill(buf []byte) {
 		}
 		return best
 	}
-	ts, tl := fastest(small, 8), fastest(large, 3)
+	ts, tl := fastest(small, 16), fastest(large, 4)
 	if ts <= 0 || tl <= ts {
 		return
 	}
