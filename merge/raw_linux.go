@@ -424,8 +424,8 @@ func (f *rawFile) vec(bufs [][]byte, off int64, op func(int, [][]byte, int64) (i
 }
 
 // pageBuf is page-aligned memory outside the Go heap, as direct I/O needs.
-// The kernel faults its pages in when it is made (see alignedBuf); the
-// merge itself never touches them (see vectorDevice).
+// The pages are not touched up front: the first read into them faults them
+// in, spread over the workers that do the reads.
 type pageBuf struct {
 	b   []byte
 	all []byte // the whole mapping
@@ -455,11 +455,6 @@ func alignedBuf(n int) (pageBuf, error) {
 		b = all[skip : skip+n]
 		_ = unix.Madvise(b, unix.MADV_HUGEPAGE) // a hint; without it, small pages
 	}
-	// Fault the pages in with one call rather than one at a time as
-	// direct I/O pins them: in user-mode Linux, populating 64 MiB at once
-	// took 10-30 ms, reading into it unpopulated 150-400 ms more than
-	// into pages already there. Since Linux 5.14; a hint elsewhere.
-	_ = unix.Madvise(b, unix.MADV_POPULATE_WRITE)
 	return pageBuf{b: b, all: all}, nil
 }
 
