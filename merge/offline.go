@@ -72,9 +72,9 @@ type OfflineOptions struct {
 	// writes instead of one small write each. Filling pays while a request
 	// costs more than moving the gap's bytes twice, so by default the merge
 	// measures the store device before it starts (see calibrateFill):
-	// about 32 KiB on a virtio disk, which joins 4 and 16 KiB chunks and
-	// not 64 KiB ones, and hundreds of KiB on user-mode Linux's ubd, where
-	// a request costs half a millisecond; 32 KiB where it cannot measure
+	// about 32-60 KiB on a virtio disk, which joins 4 and 16 KiB chunks and
+	// not 64 KiB ones, and more on user-mode Linux's ubd, where a request
+	// costs half a millisecond; 32 KiB where it cannot measure
 	// (a store smaller than two MaxIO reads, or not a Raw). It relies on
 	// what an offline merge needs anyway: nothing else writes the origin
 	// while it runs (OfflinePaths opens a block device exclusively). A
