@@ -320,3 +320,45 @@ func TestOfflinePathsVectors(t *testing.T) {
 		}
 	}
 }
+
+// TestCalibrateFill measures FillGap on a store file large enough for it
+// and keeps it within bounds; a FillGap the caller set, and a store in
+// memory, are left as they are.
+func TestCalibrateFill(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "cow")
+	writeFile(t, path, randBytes(rand.New(rand.NewPCG(31, 33)), 4<<20))
+	store, err := OpenRaw(path, OpenDirect)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	st := &Store{Header: Header{ChunkSize: 8}, Size: store.Size()}
+	buf, err := alignedBuf(defaultMaxIO)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer buf.free()
+	for _, tc := range []struct {
+		name  string
+		store Device
+		gap   int64
+		want  func(int64) bool
+	}{
+		{"measured", store, 0, func(g int64) bool { return g >= minFillGap && g <= maxFillGap }},
+		{"set", store, 12 << 10, func(g int64) bool { return g == 12<<10 }},
+		{"in memory", newMem(make([]byte, 4<<20)), 0, func(g int64) bool { return g == defaultFillGap }},
+	} {
+		c := newCopier(newMem(make([]byte, 1<<20)), tc.store, st, OfflineOptions{FillGap: tc.gap})
+		if c.autoFill {
+			c.calibrateFill(buf.b)
+		}
+		if !tc.want(c.opts.FillGap) {
+			t.Errorf("%s: FillGap %d", tc.name, c.opts.FillGap)
+		}
+		if c.fillChunks != uint64(c.opts.FillGap/4096) || c.readGap != uint64(readGapFactor*c.opts.FillGap/4096) {
+			t.Errorf("%s: FillGap %d gives %d fill and %d read chunks", tc.name, c.opts.FillGap, c.fillChunks, c.readGap)
+		}
+		t.Logf("%s: FillGap %d KiB", tc.name, c.opts.FillGap>>10)
+	}
+}
