@@ -68,10 +68,14 @@ type OfflineOptions struct {
 	// FillGap is the largest stretch of unchanged origin bytes between two
 	// changed chunks that the merge reads from the origin and writes back
 	// as it was, so that both chunks go out in one write of at most MaxIO
-	// (default 32 KiB; negative: never). Scattered small chunks then cost
-	// a few large writes instead of one small write each. The default is
-	// where filling stopped paying on a virtio disk: it joins 4 and 16 KiB
-	// chunks, not 64 KiB ones, whose writes are large already. It relies on
+	// (negative: never). Scattered small chunks then cost a few large
+	// writes instead of one small write each. Filling pays while a request
+	// costs more than moving the gap's bytes twice, so by default the merge
+	// measures the store device before it starts (see calibrateFill):
+	// about 32-60 KiB on a virtio disk, which joins 4 and 16 KiB chunks and
+	// not 64 KiB ones, and more on user-mode Linux's ubd, where a request
+	// costs half a millisecond; 32 KiB where it cannot measure
+	// (a store smaller than two MaxIO reads, or not a Raw). It relies on
 	// what an offline merge needs anyway: nothing else writes the origin
 	// while it runs (OfflinePaths opens a block device exclusively). A
 	// gap never spans a Protect range. Reads of the store likewise read
@@ -98,6 +102,7 @@ type OfflineResult struct {
 	Resumed     int   // exceptions skipped because a progress record showed them durable
 	Writes      int   // origin writes issued by this run
 	Filled      int64 // unchanged origin bytes this run read and wrote back to join writes (FillGap)
+	FillGap     int64 // the FillGap this run used (measured, unless OfflineOptions set it)
 	AlreadyDone bool  // an earlier run finished and invalidated the store; nothing was done
 	Invalidated bool  // this run marked the store invalid
 	Seeded      int   // seeds (exceptions in the first SeededAreas areas) left alone
@@ -263,6 +268,10 @@ func nameOf(d any, def string) string {
 // (at most FillGap each), which it reads from the origin first. Each span
 // is written as soon as the reads it needs are done. A store that fits in
 // one window is thus read once in order and written once in order.
+//
+// The data is never copied in memory: a read fills the chunks' slots
+// directly (preadv), and a write takes the chunks from their slots and the
+// gaps from the span's fill buffer (pwritev), see vectorDevice.
 type copier struct {
 	origin, store Device
 	ex            []Exception // sorted by Old
@@ -274,7 +283,17 @@ type copier struct {
 	window        int    // chunks per window
 	total         int64
 	protect       []Extent // sorted, disjoint
+	autoFill      bool     // FillGap left to calibrateFill
 	opts          OfflineOptions
+}
+
+func (c *copier) setFillGap(gap int64) {
+	c.opts.FillGap = gap
+	c.fillChunks, c.readGap = 0, 0
+	if gap > 0 {
+		c.fillChunks = uint64(gap / c.cb)
+		c.readGap = uint64(readGapFactor * gap / c.cb)
+	}
 }
 
 func newCopier(origin, store Device, st *Store, opts OfflineOptions) *copier {
@@ -290,7 +309,8 @@ func newCopier(origin, store Device, st *Store, opts OfflineOptions) *copier {
 	if opts.Window <= 0 {
 		opts.Window = defaultWindow
 	}
-	if opts.FillGap == 0 {
+	autoFill := opts.FillGap == 0
+	if autoFill {
 		opts.FillGap = defaultFillGap
 	}
 	c := &copier{
@@ -302,10 +322,8 @@ func newCopier(origin, store Device, st *Store, opts OfflineOptions) *copier {
 		opts:       opts,
 	}
 	c.maxChunks = max(1, opts.MaxIO/int(c.cb))
-	if opts.FillGap > 0 {
-		c.fillChunks = uint64(opts.FillGap / c.cb)
-		c.readGap = uint64(readGapFactor * opts.FillGap / c.cb)
-	}
+	c.autoFill = autoFill
+	c.setFillGap(opts.FillGap)
 	window := opts.Window
 	if opts.CheckpointBytes > 0 {
 		window = min(window, opts.CheckpointBytes) // checkpoints fall between windows
@@ -407,6 +425,20 @@ func (c *copier) run(ctx context.Context, start int, id identity, res *OfflineRe
 		defer b.free()
 		scratch <- b
 	}
+	if c.autoFill {
+		sb := <-scratch
+		c.calibrateFill(sb.b)
+		scratch <- sb
+		c.autoFill = false
+	}
+	res.FillGap = c.opts.FillGap
+	// The sink takes the unneeded store chunks a read goes through; what
+	// lands there is never looked at, so the readers share it.
+	sink, err := alignedBuf(int(c.readGap) * int(c.cb))
+	if err != nil {
+		return err
+	}
+	defer sink.free()
 
 	saved := start // c.ex[:saved] is recorded as durable
 	var sinceCheckpoint int64
@@ -429,7 +461,7 @@ func (c *copier) run(ctx context.Context, start int, id identity, res *OfflineRe
 		j := min(i+c.window, len(c.ex))
 		err := ctx.Err()
 		if err == nil {
-			err = c.copyWindow(ctx, i, j, buf.b, scratch, report)
+			err = c.copyWindow(ctx, i, j, buf.b, scratch, sink, report)
 		}
 		if err != nil {
 			// Record the windows done so a rerun redoes less: only after
@@ -510,10 +542,11 @@ func (c *copier) spans(idx []int) []span {
 // copyWindow copies c.ex[i:j], a stretch of the exceptions in origin
 // order, through buf, which holds their chunks in store order. It reads
 // the store in store order, joining chunks that little separates into one
-// read, and writes each span as soon as the reads it needs are done,
-// Workers reads and writes at a time. Spans are disjoint, so their writes
-// and fill reads never overlap.
-func (c *copier) copyWindow(ctx context.Context, i, j int, buf []byte, scratch chan pageBuf, report func(data, filled int64, writes int)) error {
+// read (the unneeded chunks in between land in sink), and writes each span
+// as soon as the reads it needs are done, Workers reads and writes at a
+// time; a span with gaps reads them into a buffer from scratch. Spans are
+// disjoint, so their writes and fill reads never overlap.
+func (c *copier) copyWindow(ctx context.Context, i, j int, buf []byte, scratch chan pageBuf, sink pageBuf, report func(data, filled int64, writes int)) error {
 	// Slots: the window's chunks sit in buf in store order.
 	byNew := make([]int, j-i)
 	for k := range byNew {
@@ -524,7 +557,7 @@ func (c *copier) copyWindow(ctx context.Context, i, j int, buf []byte, scratch c
 	for q, k := range byNew {
 		slot[k-i] = int32(q)
 	}
-	at := func(k int) []byte { return buf[int64(slot[k-i])*c.cb:][:c.cb] }
+	slotOf := func(k int) []byte { return buf[int64(slot[k-i])*c.cb:][:c.cb] }
 
 	// The reads: byNew[reads[r]:reads[r+1]] with one read of the store
 	// chunks from the first to the last, those between them unneeded.
@@ -564,21 +597,19 @@ func (c *copier) copyWindow(ctx context.Context, i, j int, buf []byte, scratch c
 	read := func(r int) error {
 		qs := byNew[reads[r]:reads[r+1]]
 		first, last := c.ex[qs[0]], c.ex[qs[len(qs)-1]]
-		n := int64(last.New-first.New+1) * c.cb
-		off := int64(first.New) * c.cb
-		if n == int64(len(qs))*c.cb { // no gap: straight into the slots
-			if err := readFull(c.store, buf[int64(reads[r])*c.cb:][:n], off); err != nil {
-				return fmt.Errorf("read store chunks %d-%d: %w", first.New, last.New, err)
+		// The chunks land in their slots, which follow one another; the
+		// unneeded chunks between them go to the sink.
+		var iov [][]byte
+		for q, k := range qs {
+			if q > 0 {
+				if gap := int64(c.ex[k].New-c.ex[qs[q-1]].New-1) * c.cb; gap > 0 {
+					iov = append(iov, sink.b[:gap])
+				}
 			}
-		} else {
-			sb := <-scratch
-			defer func() { scratch <- sb }()
-			if err := readFull(c.store, sb.b[:n], off); err != nil {
-				return fmt.Errorf("read store chunks %d-%d: %w", first.New, last.New, err)
-			}
-			for q, k := range qs {
-				copy(buf[int64(reads[r]+q)*c.cb:][:c.cb], sb.b[int64(c.ex[k].New-first.New)*c.cb:])
-			}
+			iov = appendVec(iov, buf[int64(reads[r]+q)*c.cb:][:c.cb])
+		}
+		if err := readv(c.store, iov, int64(first.New)*c.cb); err != nil {
+			return fmt.Errorf("read store chunks %d-%d: %w", first.New, last.New, err)
 		}
 		mu.Lock()
 		defer mu.Unlock()
@@ -591,28 +622,31 @@ func (c *copier) copyWindow(ctx context.Context, i, j int, buf []byte, scratch c
 	}
 	write := func(sp span) error {
 		first, last := c.ex[sp.idx[0]], c.ex[sp.idx[len(sp.idx)-1]]
-		contiguous := sp.filled == 0 // in buf
-		for q := 1; q < len(sp.idx) && contiguous; q++ {
-			contiguous = slot[sp.idx[q]-i] == slot[sp.idx[q-1]-i]+1
-		}
-		var b []byte
-		if contiguous {
-			b = buf[int64(slot[sp.idx[0]-i])*c.cb:][:sp.n]
-		} else {
-			sb := <-scratch
+		// The write takes each chunk from its slot and the bytes between
+		// chunks from a scratch buffer that holds the span's origin range
+		// as the fill reads found it.
+		var sb pageBuf
+		if len(sp.fill) > 0 {
+			sb = <-scratch
 			defer func() { scratch <- sb }()
-			b = sb.b[:sp.n]
 			for _, f := range sp.fill {
-				if err := readFull(c.origin, b[f.Offset-sp.off:][:f.Length], f.Offset); err != nil {
+				if err := readFull(c.origin, sb.b[f.Offset-sp.off:][:f.Length], f.Offset); err != nil {
 					return fmt.Errorf("read origin chunks %d-%d between changed chunks: %w",
 						f.Offset/c.cb, (f.Offset+f.Length)/c.cb-1, err)
 				}
 			}
-			for _, k := range sp.idx {
-				copy(b[int64(c.ex[k].Old-first.Old)*c.cb:], at(k))
-			}
 		}
-		if _, err := c.origin.WriteAt(b, sp.off); err != nil {
+		var iov [][]byte
+		at := sp.off // origin offset of the next byte of the write
+		for _, k := range sp.idx {
+			o := int64(c.ex[k].Old) * c.cb
+			if o > at {
+				iov = append(iov, sb.b[at-sp.off:o-sp.off])
+			}
+			iov = appendVec(iov, slotOf(k)[:c.writeLen(c.ex[k])])
+			at = o + c.writeLen(c.ex[k])
+		}
+		if err := writev(c.origin, iov, sp.off); err != nil {
 			return fmt.Errorf("write origin chunks %d-%d at byte %d: %w", first.Old, last.Old, sp.off, err)
 		}
 		report(sp.data, sp.filled, 1)

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"reflect"
+	"slices"
 	"sort"
 	"syscall"
 
@@ -238,6 +239,53 @@ func (r *Raw) each(p []byte, off int64, op func(*rawFile, []byte, int64) (int, e
 	return done, nil
 }
 
+// ReadvAt fills bufs, in order, from the bytes at store offset off, with
+// one preadv per segment it crosses (see vectorDevice).
+func (r *Raw) ReadvAt(bufs [][]byte, off int64) error {
+	return r.eachVec(bufs, off, (*rawFile).readvAt)
+}
+
+// WritevAt writes bufs, in order, at store offset off, with one pwritev per
+// segment it crosses.
+func (r *Raw) WritevAt(bufs [][]byte, off int64) error {
+	return r.eachVec(bufs, off, (*rawFile).writevAt)
+}
+
+// eachVec cuts bufs at the segment boundaries of r and hands each part to
+// op with its file offset.
+func (r *Raw) eachVec(bufs [][]byte, off int64, op func(*rawFile, [][]byte, int64) error) error {
+	if off < 0 {
+		return fmt.Errorf("access %s at %d: negative offset", r.name, off)
+	}
+	var part [][]byte
+	for len(bufs) > 0 {
+		if off >= r.size {
+			return io.ErrUnexpectedEOF
+		}
+		i := sort.Search(len(r.segs), func(i int) bool { return r.segs[i].start+r.segs[i].n > off }) // r.segs[i] holds off
+		s := r.segs[i]
+		room := s.start + s.n - off
+		part = part[:0]
+		var n int64
+		for len(bufs) > 0 && n < room {
+			b := bufs[0]
+			if int64(len(b)) > room-n {
+				b = b[:room-n]
+				bufs[0] = bufs[0][len(b):]
+			} else {
+				bufs = bufs[1:]
+			}
+			part = append(part, b)
+			n += int64(len(b))
+		}
+		if err := op(s.file, part, s.off+off-s.start); err != nil {
+			return err
+		}
+		off += n
+	}
+	return nil
+}
+
 // Sync flushes every file to stable storage.
 func (r *Raw) Sync() error {
 	var errs []error
@@ -318,6 +366,92 @@ func (f *rawFile) writeAt(p []byte, off int64) (int, error) {
 	buf := DirectBuffer(len(p))
 	copy(buf, p)
 	return f.f.WriteAt(buf, off)
+}
+
+// iovMax is the most buffers one preadv or pwritev takes (UIO_MAXIOV).
+const iovMax = 1024
+
+// readvAt and writevAt move bufs at off in as few system calls as the
+// kernel allows, going on after short transfers. Under direct I/O every
+// buffer must be aligned; a vector that is not goes through one bounce
+// buffer.
+func (f *rawFile) readvAt(bufs [][]byte, off int64) error {
+	if !f.alignedVec(bufs, off) {
+		b := make([]byte, vecLen(bufs))
+		if err := readFull(f, b, off); err != nil {
+			return err
+		}
+		for _, p := range bufs {
+			b = b[copy(p, b):]
+		}
+		return nil
+	}
+	return f.vec(bufs, off, unix.Preadv)
+}
+
+func (f *rawFile) writevAt(bufs [][]byte, off int64) error {
+	if !f.alignedVec(bufs, off) {
+		b := make([]byte, 0, vecLen(bufs))
+		for _, p := range bufs {
+			b = append(b, p...)
+		}
+		_, err := f.writeAt(b, off)
+		return err
+	}
+	return f.vec(bufs, off, unix.Pwritev)
+}
+
+// ReadAt makes a rawFile an io.ReaderAt for readFull.
+func (f *rawFile) ReadAt(p []byte, off int64) (int, error) { return f.readAt(p, off) }
+
+func (f *rawFile) alignedVec(bufs [][]byte, off int64) bool {
+	for _, b := range bufs {
+		if !f.aligned(b, off) {
+			return false
+		}
+		off += int64(len(b))
+	}
+	return true
+}
+
+func (f *rawFile) vec(bufs [][]byte, off int64, op func(int, [][]byte, int64) (int, error)) error {
+	rc, err := f.f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	bufs = slices.Clone(bufs) // trimmed below as bytes move
+	for len(bufs) > 0 {
+		var n int
+		var ioErr error
+		cerr := rc.Control(func(fd uintptr) {
+			for {
+				n, ioErr = op(int(fd), bufs[:min(len(bufs), iovMax)], off)
+				if ioErr != unix.EINTR {
+					return
+				}
+			}
+		})
+		if cerr != nil {
+			return cerr
+		}
+		if ioErr != nil {
+			return &os.PathError{Op: "vector I/O", Path: f.path, Err: ioErr}
+		}
+		if n == 0 {
+			return io.ErrUnexpectedEOF
+		}
+		off += int64(n)
+		for n > 0 {
+			if k := min(n, len(bufs[0])); k < len(bufs[0]) {
+				bufs[0] = bufs[0][k:]
+				n = 0
+			} else {
+				bufs = bufs[1:]
+				n -= k
+			}
+		}
+	}
+	return nil
 }
 
 // pageBuf is page-aligned memory outside the Go heap, as direct I/O needs.

@@ -220,3 +220,145 @@ func TestOfflinePathsStoreOnOrigin(t *testing.T) {
 		}
 	}
 }
+
+// TestRawVectors writes and reads vectors of buffers across segment
+// boundaries: pieces of page-aligned memory in one request per segment,
+// and an unaligned piece through the bounce buffer.
+func TestRawVectors(t *testing.T) {
+	rng := rand.New(rand.NewPCG(27, 28))
+	dir := t.TempDir()
+	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	ab, bb := randBytes(rng, 32768), randBytes(rng, 16384)
+	writeFile(t, a, ab)
+	writeFile(t, b, bb)
+	segs := []Segment{{a, 16384, 8192}, {b, 4096, 12288}, {a, 0, 8192}}
+	var want []byte
+	for _, s := range segs {
+		src := map[string][]byte{a: ab, b: bb}[s.Path]
+		want = append(want, src[s.Offset:s.Offset+s.Length]...)
+	}
+	for _, flags := range []OpenFlags{0, OpenDirect} {
+		r, err := OpenSegments(segs, OpenWrite|flags)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mem, err := alignedBuf(len(want))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range []struct {
+			off    int64
+			pieces []int
+		}{
+			{0, []int{4096, 8192, 4096}},              // crosses the first boundary inside a piece
+			{4096, []int{4096, 4096, 12288, 4096}},    // all three segments
+			{8192, []int{12288}},                      // exactly the second segment
+			{12288, []int{4096, 100, 3996, 4096}},     // unaligned pieces: bounced
+			{0, []int{28672}},                         // everything, one piece
+			{20480, []int{4096, 4096}},                // the last segment
+			{0, []int{4096, 4096, 4096, 4096, 12288}}, // pieces ending on boundaries
+		} {
+			var bufs [][]byte
+			at := 0
+			for _, n := range c.pieces {
+				bufs = append(bufs, mem.b[at:at+n])
+				at += n
+			}
+			n := int64(at)
+			patch := randBytes(rng, at)
+			copy(mem.b, patch)
+			if err := r.WritevAt(slices.Clone(bufs), c.off); err != nil {
+				t.Fatalf("flags %d: WritevAt %v at %d: %v", flags, c.pieces, c.off, err)
+			}
+			copy(want[c.off:], patch)
+			got := make([]byte, len(want))
+			if _, err := r.ReadAt(got, 0); err != nil {
+				t.Fatal(err)
+			}
+			if d := firstDiff(got, want); d >= 0 {
+				t.Fatalf("flags %d: after WritevAt %v at %d: differs at byte %d", flags, c.pieces, c.off, d)
+			}
+			clear(mem.b)
+			if err := r.ReadvAt(slices.Clone(bufs), c.off); err != nil {
+				t.Fatalf("flags %d: ReadvAt %v at %d: %v", flags, c.pieces, c.off, err)
+			}
+			if !slices.Equal(mem.b[:n], want[c.off:c.off+n]) {
+				t.Errorf("flags %d: ReadvAt %v at %d returned other bytes", flags, c.pieces, c.off)
+			}
+		}
+		if err := r.ReadvAt([][]byte{mem.b[:4096], mem.b[4096:8192]}, int64(len(want))-4096); err == nil {
+			t.Errorf("flags %d: ReadvAt across the end: got nil error", flags)
+		}
+		mem.free()
+		r.Close()
+	}
+}
+
+// TestOfflinePathsVectors merges through files (direct I/O where the
+// filesystem has it) with settings that make every kind of vector: reads
+// of the store through unneeded chunks into the sink (small windows),
+// writes of chunks and filled gaps together, across segment boundaries.
+func TestOfflinePathsVectors(t *testing.T) {
+	rng := rand.New(rand.NewPCG(29, 30))
+	sc := newScenario(rng, 8, 3000*4096, 1200)
+	for _, opts := range []OfflineOptions{
+		{FillGap: 64 << 10, Window: 64 << 10},
+		{FillGap: 1 << 20, MaxIO: 64 << 10, Workers: 3},
+		{FillGap: 4096, Window: 1 << 20, Workers: 1},
+	} {
+		origin, segs := scenarioFiles(t, sc)
+		opts.ChunkSize = 8
+		res, err := OfflinePaths(context.Background(), origin, segs, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := firstDiff(readFile(t, origin), sc.pre); d >= 0 {
+			t.Fatalf("%+v: origin differs from the pre-image at byte %d", opts, d)
+		}
+		if res.Filled == 0 {
+			t.Errorf("%+v: nothing filled", opts)
+		}
+	}
+}
+
+// TestCalibrateFill measures FillGap on a store file large enough for it
+// and keeps it within bounds; a FillGap the caller set, and a store in
+// memory, are left as they are.
+func TestCalibrateFill(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "cow")
+	writeFile(t, path, randBytes(rand.New(rand.NewPCG(31, 33)), 4<<20))
+	store, err := OpenRaw(path, OpenDirect)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	st := &Store{Header: Header{ChunkSize: 8}, Size: store.Size()}
+	buf, err := alignedBuf(defaultMaxIO)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer buf.free()
+	for _, tc := range []struct {
+		name  string
+		store Device
+		gap   int64
+		want  func(int64) bool
+	}{
+		{"measured", store, 0, func(g int64) bool { return g >= minFillGap && g <= maxFillGap }},
+		{"set", store, 12 << 10, func(g int64) bool { return g == 12<<10 }},
+		{"in memory", newMem(make([]byte, 4<<20)), 0, func(g int64) bool { return g == defaultFillGap }},
+	} {
+		c := newCopier(newMem(make([]byte, 1<<20)), tc.store, st, OfflineOptions{FillGap: tc.gap})
+		if c.autoFill {
+			c.calibrateFill(buf.b)
+		}
+		if !tc.want(c.opts.FillGap) {
+			t.Errorf("%s: FillGap %d", tc.name, c.opts.FillGap)
+		}
+		if c.fillChunks != uint64(c.opts.FillGap/4096) || c.readGap != uint64(readGapFactor*c.opts.FillGap/4096) {
+			t.Errorf("%s: FillGap %d gives %d fill and %d read chunks", tc.name, c.opts.FillGap, c.fillChunks, c.readGap)
+		}
+		t.Logf("%s: FillGap %d KiB", tc.name, c.opts.FillGap>>10)
+	}
+}

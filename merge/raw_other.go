@@ -34,3 +34,6 @@ type pageBuf struct{ b []byte }
 func alignedBuf(n int) (pageBuf, error) { return pageBuf{b: make([]byte, n)}, nil }
 
 func (p pageBuf) free() {}
+
+func (r *Raw) ReadvAt(bufs [][]byte, off int64) error  { return platform.ErrUnsupported }
+func (r *Raw) WritevAt(bufs [][]byte, off int64) error { return platform.ErrUnsupported }
