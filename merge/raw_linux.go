@@ -242,13 +242,26 @@ func (r *Raw) each(p []byte, off int64, op func(*rawFile, []byte, int64) (int, e
 // ReadvAt fills bufs, in order, from the bytes at store offset off, with
 // one preadv per segment it crosses (see vectorDevice).
 func (r *Raw) ReadvAt(bufs [][]byte, off int64) error {
-	return r.eachVec(bufs, off, (*rawFile).readvAt)
+	return r.eachVec(bufs, off, func(f *rawFile, part [][]byte, o int64) error {
+		if f == nil {
+			for _, b := range part {
+				clear(b)
+			}
+			return nil
+		}
+		return f.readvAt(part, o)
+	})
 }
 
 // WritevAt writes bufs, in order, at store offset off, with one pwritev per
 // segment it crosses.
 func (r *Raw) WritevAt(bufs [][]byte, off int64) error {
-	return r.eachVec(bufs, off, (*rawFile).writevAt)
+	return r.eachVec(bufs, off, func(f *rawFile, part [][]byte, o int64) error {
+		if f == nil {
+			return fmt.Errorf("write %s at %d: %w", r.name, off, ErrZeroSegment)
+		}
+		return f.writevAt(part, o)
+	})
 }
 
 // eachVec cuts bufs at the segment boundaries of r and hands each part to

@@ -231,7 +231,7 @@ func TestRawVectors(t *testing.T) {
 	ab, bb := randBytes(rng, 32768), randBytes(rng, 16384)
 	writeFile(t, a, ab)
 	writeFile(t, b, bb)
-	segs := []Segment{{a, 16384, 8192}, {b, 4096, 12288}, {a, 0, 8192}}
+	segs := []Segment{{Path: a, Offset: 16384, Length: 8192}, {Path: b, Offset: 4096, Length: 12288}, {Path: a, Offset: 0, Length: 8192}}
 	var want []byte
 	for _, s := range segs {
 		src := map[string][]byte{a: ab, b: bb}[s.Path]

@@ -42,6 +42,23 @@ func TestZeroSegments(t *testing.T) {
 				t.Errorf("ReadAt(%d at %d): other bytes", rd.n, rd.off)
 			}
 		}
+		// The vector path the offline merge takes: a read across all
+		// three segments clears what lies in the zeros.
+		vec := [][]byte{make([]byte, 2048), make([]byte, 8192), make([]byte, 6144)}
+		for _, b := range vec {
+			for i := range b {
+				b[i] = 0xff
+			}
+		}
+		if err := r.ReadvAt(vec, 2048); err != nil {
+			t.Fatalf("ReadvAt across the zeros: %v", err)
+		}
+		if got := slices.Concat(vec...); !slices.Equal(got, want[2048:2048+len(got)]) {
+			t.Error("ReadvAt across the zeros: other bytes")
+		}
+		if err := r.WritevAt([][]byte{make([]byte, 4096)}, 4096); !errors.Is(err, ErrZeroSegment) {
+			t.Errorf("vector write into zeros: got %v, want ErrZeroSegment", err)
+		}
 		if _, err := r.WriteAt(make([]byte, 4096), 4096); !errors.Is(err, ErrZeroSegment) {
 			t.Errorf("write into zeros: got %v, want ErrZeroSegment", err)
 		}
