@@ -3,9 +3,11 @@ package snapshot
 import (
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -202,5 +204,30 @@ func TestRollbackInUse(t *testing.T) {
 	}
 	if st, _ := m.Status(t.Context(), "vol"); st.Phase != PhasePrepared {
 		t.Errorf("got phase %s after the refusal, want prepared", st.Phase)
+	}
+}
+
+// TestRollbackOriginHeld: when the origin cannot be opened exclusively
+// (another volume's store is mapped on it), the userspace rollback hands
+// over to the kernel merge and says why.
+func TestRollbackOriginHeld(t *testing.T) {
+	m, k, dir := newModelManager(t)
+	if _, err := m.Prepare(t.Context(), PrepareOptions{Name: "vol", Origin: modelOrigin.Path, StorePath: filepath.Join(dir, "store"), Mode: Checkpoint, Bytes: 417792}); err != nil {
+		t.Fatal(err)
+	}
+	k.copyErr = fmt.Errorf("open origin: open %s: %w", modelOrigin.Path, syscall.EBUSY)
+	from := len(k.calls)
+	if err := m.Rollback(t.Context(), "vol", RollbackOptions{Wait: true}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := m.Status(t.Context(), "vol")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Phase != PhaseAttached || !slices.Contains(k.calls[from:], "load vol snapshot-merge") {
+		t.Fatalf("got phase %s, want attached after a kernel merge; calls: %s", st.Phase, k.callsSince(from))
+	}
+	if h := st.History; len(h) < 2 || !strings.HasPrefix(h[len(h)-2].Detail, "kernel merge: ") {
+		t.Errorf("got history %+v, want the reason for the kernel merge", h)
 	}
 }

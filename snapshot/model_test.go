@@ -29,6 +29,8 @@ type modelKernel struct {
 	written map[string]writeCounts
 	// onCopy, when set, runs during a userspace copy (a writer racing it).
 	onCopy func()
+	// copyErr, when set, fails the userspace copy before it writes.
+	copyErr error
 }
 
 type modelDev struct {
@@ -71,6 +73,9 @@ func (k *modelKernel) copyStore(ctx context.Context, origin string, store []Segm
 	how := "exclusive"
 	if live {
 		how = "shared"
+	}
+	if k.copyErr != nil {
+		return nil, k.copyErr
 	}
 	k.calls = append(k.calls, "copy "+origin+" "+how)
 	if opts.Progress != nil {

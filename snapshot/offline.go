@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/snapctl/snapctl/merge"
 )
@@ -104,6 +105,13 @@ func (v *volume) mergeOffline(ctx context.Context, op string, opts merge.Offline
 		opts.Progress = v.copyProgress(opts.Progress)
 		var err error
 		if res, err = v.m.k.copyStore(ctx, v.rec.Origin.Path, v.rec.Store.Segments, false, opts); err != nil {
+			if collapse && errors.Is(err, syscall.EBUSY) {
+				// Something else holds the origin (another volume's store
+				// mapped on it, a direct mount): the copy wrote nothing,
+				// and the kernel merge works beside it.
+				v.rec.event(op, fmt.Sprintf("kernel merge: %s is held by another device or mount", v.rec.Origin.Path))
+				return &merge.OfflineResult{Store: &merge.Store{}}, v.merge(ctx, op, true)
+			}
 			return nil, fmt.Errorf("%s %q: userspace merge: %w", op, name, err)
 		}
 		// The copy wrote the origin with O_DIRECT, which drops the pages it
