@@ -231,3 +231,61 @@ func TestRollbackOriginHeld(t *testing.T) {
 		t.Errorf("got history %+v, want the reason for the kernel merge", h)
 	}
 }
+
+// TestBootRollbackBuildsNothing: the boot-time rollback of a checkpoint
+// (scheduled, after the devices went with the shutdown) copies with no
+// device of the volume in existence, and only then creates NAME, linear.
+func TestBootRollbackBuildsNothing(t *testing.T) {
+	m, k, dir := newModelManager(t)
+	if _, err := m.Prepare(t.Context(), PrepareOptions{Name: "vol", Origin: modelOrigin.Path, StorePath: filepath.Join(dir, "store"), Mode: Checkpoint, Bytes: 417792}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Rollback(t.Context(), "vol", RollbackOptions{AtNextActivate: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Deactivate(t.Context(), "vol"); err != nil {
+		t.Fatal(err)
+	}
+	var during []string
+	k.onCopy = func() {
+		for n := range k.devs {
+			during = append(during, n)
+		}
+	}
+	from := len(k.calls)
+	if err := m.Activate(t.Context(), ActivateOptions{Wait: true}, "vol"); err != nil {
+		t.Fatal(err)
+	}
+	if len(during) > 0 {
+		t.Errorf("devices %v existed during the copy, want none", during)
+	}
+	want := []string{"copy /dev/model-origin exclusive", "flush /dev/model-origin", "create vol", "load vol linear", "resume vol"}
+	if got := k.calls[from:]; !slices.Equal(got, want) {
+		t.Errorf("got calls %q, want %q", got, want)
+	}
+}
+
+// TestRollbackTearsDown: the userspace rollback removes NAME and its stack
+// before it copies, so nothing can open the volume while its content is
+// rewritten, and brings NAME back linear after.
+func TestRollbackTearsDown(t *testing.T) {
+	m, k, dir := newModelManager(t)
+	if _, err := m.Prepare(t.Context(), PrepareOptions{Name: "vol", Origin: modelOrigin.Path, StorePath: filepath.Join(dir, "store"), Mode: Checkpoint, Bytes: 417792}); err != nil {
+		t.Fatal(err)
+	}
+	during := []string{}
+	k.onCopy = func() {
+		for n := range k.devs {
+			during = append(during, n)
+		}
+	}
+	if err := m.Rollback(t.Context(), "vol", RollbackOptions{Wait: true}); err != nil {
+		t.Fatal(err)
+	}
+	if len(during) > 0 {
+		t.Errorf("devices %v existed during the copy, want none", during)
+	}
+	if d := k.devs["vol"]; d == nil || !sameTable(d.live, linearTable(modelOrigin)) || len(k.devs) != 1 {
+		t.Errorf("got devices %v after the rollback, want vol alone, linear", k.devs)
+	}
+}
