@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"time"
 
+	"github.com/snapctl/snapctl/internal/atomicfile"
 	"github.com/snapctl/snapctl/merge"
 )
 
@@ -26,9 +29,11 @@ import (
 //	merge:live-release     helpers removed, NAME writable again, store deleted
 //
 // Until the swap the snapshot is intact: a kill or power cut before it is
-// recovered by copying again from the start (something may have written
-// NAME between the kill and the rerun, so the copy is not resumed), after
-// it by finishing the remaining steps. Whatever makes the live merge
+// recovered by copying again, after it by finishing the remaining steps.
+// The copy resumes from its progress file only when nothing can have
+// written NAME since the copy began: the same boot, the same device, and
+// the kernel's write count of NAME unchanged (a stamp file beside the
+// progress file records them); otherwise it starts from the beginning. Whatever makes the live merge
 // unsafe (a writer, a read-write mount, a write seen during the copy)
 // hands the commit to the kernel's snapshot-merge instead, which merges
 // the intact store whatever the copy wrote.
@@ -95,6 +100,9 @@ func (v *volume) commitLive(ctx context.Context, op string) error {
 	if err != nil {
 		return fmt.Errorf("%s %q: %w", op, name, err)
 	}
+	if err := v.liveProgress(inf.Dev, before); err != nil {
+		return fmt.Errorf("%s %q: %w", op, name, err)
+	}
 	v.rec.Scheduled = ""
 	if err := v.step(PhaseMerging, "merge:live-readonly"); err != nil {
 		return err
@@ -115,7 +123,7 @@ func (v *volume) commitLive(ctx context.Context, op string) error {
 	if err := v.step(PhaseMerging, "merge:live-copy"); err != nil {
 		return err
 	}
-	opts := merge.OfflineOptions{ChunkSize: v.rec.Store.ChunkSectors, Progress: v.copyProgress(nil)}
+	opts := merge.OfflineOptions{ChunkSize: v.rec.Store.ChunkSectors, ProgressFile: v.m.liveFile(name, "progress"), Progress: v.copyProgress(nil)}
 	res, err := v.m.k.copyStore(ctx, v.rec.Origin.Path, v.rec.Store.Segments, true, opts)
 	if err != nil {
 		// The snapshot is intact: NAME writable again, and a rerun copies
@@ -184,6 +192,11 @@ func (v *volume) finishLive(op string, res *merge.OfflineResult) error {
 	path := v.rec.Store.Path
 	if err := v.releaseStore(); err != nil {
 		return fmt.Errorf("%s %q: release store %s: %w", op, name, path, err)
+	}
+	for _, f := range []string{v.m.liveFile(name, "progress"), v.m.liveFile(name, "stamp")} {
+		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
 	}
 	v.cleanup()
 	v.rec.Scheduled = ""
@@ -272,4 +285,32 @@ func (v *volume) buildUpdate() error {
 		return err
 	}
 	return v.ensure(name, snapshotTable(v.rec.Origin.Sectors, helper, cow, v.rec.Store))
+}
+
+// liveFile is the live merge's progress ("progress") or stamp ("stamp")
+// file of volume name.
+func (m *Manager) liveFile(name, kind string) string {
+	return filepath.Join(m.Dir, name+".live-merge-"+kind)
+}
+
+// liveProgress keeps the live merge's progress file only if it belongs to
+// a copy of this same state of NAME: the stamp (boot, device, write
+// counts) the copy started from equals the one taken now. Otherwise the
+// progress file goes and the stamp is replaced: the copy starts over.
+func (v *volume) liveProgress(dev string, now writeCounts) error {
+	boot, err := BootID()
+	if err != nil {
+		return err
+	}
+	stamp := fmt.Sprintf("boot %s device %s writes %d discards %d\n", boot, dev, now.Writes, now.Discards)
+	sp := v.m.liveFile(v.name(), "stamp")
+	if old, err := os.ReadFile(sp); err == nil && string(old) == stamp {
+		return nil
+	} else if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	if err := os.Remove(v.m.liveFile(v.name(), "progress")); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return atomicfile.Write(sp, []byte(stamp), 0o600)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -287,5 +288,44 @@ func TestRollbackTearsDown(t *testing.T) {
 	}
 	if d := k.devs["vol"]; d == nil || !sameTable(d.live, linearTable(modelOrigin)) || len(k.devs) != 1 {
 		t.Errorf("got devices %v after the rollback, want vol alone, linear", k.devs)
+	}
+}
+
+// TestLiveProgressStamp: the live merge's progress file survives only
+// while the stamp (boot, device, write counts) it was made under holds.
+func TestLiveProgressStamp(t *testing.T) {
+	m, _, _ := newModelManager(t)
+	v := &volume{m: m, rec: &Record{Name: "vol"}}
+	progress := m.liveFile("vol", "progress")
+	write := func() {
+		if err := os.WriteFile(progress, []byte("{}"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	exists := func() bool { _, err := os.Stat(progress); return err == nil }
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	write()
+	must(v.liveProgress("253:4", writeCounts{Writes: 7}))
+	if exists() {
+		t.Error("a progress file without a stamp was kept")
+	}
+	write()
+	must(v.liveProgress("253:4", writeCounts{Writes: 7}))
+	if !exists() {
+		t.Error("the progress file of the same stamp was dropped")
+	}
+	must(v.liveProgress("253:4", writeCounts{Writes: 8}))
+	if exists() {
+		t.Error("the progress file was kept although the device was written since")
+	}
+	write()
+	must(v.liveProgress("253:5", writeCounts{Writes: 8}))
+	if exists() {
+		t.Error("the progress file was kept for another device")
 	}
 }
