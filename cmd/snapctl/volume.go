@@ -259,7 +259,8 @@ func newActivateCmd(a *app) *cobra.Command {
 		Long: `Activate is what runs at boot, before anything mounts /dev/mapper/NAME (see
 contrib/systemd/snapctl-activate.service). For each volume (all without NAME)
 it rebuilds the device stack from the state record, resumes a merge the kernel
-was doing, runs a rollback scheduled with --at-next-activate, undoes a prepare
+was doing, runs a rollback scheduled with --at-next-activate (a checkpoint is
+merged back in userspace, with its stack left unbuilt), undoes a prepare
 that was cut short and finishes a commit, rollback, drop or grow that was cut
 short. It is also the recovery command after a crash or a killed snapctl.
 
@@ -556,10 +557,11 @@ func newMergeCmd(a *app) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "merge NAME",
 		Short: "Merge the store into the origin (kernel snapshot-merge, or --offline in userspace)",
-		Long: `Merge is the low-level verb behind checkpoint rollback and update commit. It
-hands the snapshot over to the kernel's snapshot-merge target and waits, with
-progress, until every chunk is back on the origin; then it collapses the stack
-to linear and deletes the store. --no-wait returns after the hand-over (the
+		Long: `Merge is the low-level verb: the kernel's merge, which 'rollback' (checkpoint)
+and 'commit' (update) run with --kernel, or where their userspace merge cannot
+run (see their --help). It hands the snapshot over to the kernel's
+snapshot-merge target and waits, with progress, until every chunk is back on
+the origin; then it collapses the stack to linear and deletes the store. --no-wait returns after the hand-over (the
 kernel goes on merging; 'snapctl merge NAME' again, or 'snapctl activate
 --wait', finishes). After a reboot mid-merge, 'snapctl activate' resumes it.
 
