@@ -10,6 +10,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/snapctl/snapctl/merge"
 )
 
 func TestParseMountinfo(t *testing.T) {
@@ -327,5 +329,27 @@ func TestLiveProgressStamp(t *testing.T) {
 	must(v.liveProgress("253:5", writeCounts{Writes: 8}))
 	if exists() {
 		t.Error("the progress file was kept for another device")
+	}
+}
+
+// TestRollbackInvalidStore: a store the copy finds invalid (the kernel
+// invalidated it, and no command recorded it) is refused before anything
+// is copied; the volume is left prepared, its store recorded unusable.
+func TestRollbackInvalidStore(t *testing.T) {
+	m, k, dir := newModelManager(t)
+	if _, err := m.Prepare(t.Context(), PrepareOptions{Name: "vol", Origin: modelOrigin.Path, StorePath: filepath.Join(dir, "store"), Mode: Checkpoint, Bytes: 417792}); err != nil {
+		t.Fatal(err)
+	}
+	k.copyErr = fmt.Errorf("merge store into origin: %w", merge.ErrInvalidStore)
+	var unusable *StoreUnusableError
+	if err := m.Rollback(t.Context(), "vol", RollbackOptions{Wait: true}); !errors.As(err, &unusable) {
+		t.Fatalf("got %v, want StoreUnusableError", err)
+	}
+	st, err := m.Status(t.Context(), "vol")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Phase != PhasePrepared || st.Store == nil || st.Store.Unusable != "invalid" {
+		t.Fatalf("got phase %s, store %+v; want prepared with the store recorded invalid", st.Phase, st.Store)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/snapctl/snapctl/dmtable"
 	"github.com/snapctl/snapctl/merge"
 )
 
@@ -112,6 +113,13 @@ func (v *volume) mergeOffline(ctx context.Context, op string, opts merge.Offline
 				v.rec.event(op, fmt.Sprintf("kernel merge: %s is held by another device or mount", v.rec.Origin.Path))
 				return &merge.OfflineResult{Store: &merge.Store{}}, v.merge(ctx, op, true)
 			}
+			if collapse && (errors.Is(err, merge.ErrInvalidStore) || errors.Is(err, merge.ErrFreshStore)) {
+				// The kernel invalidated the store (or never wrote it):
+				// nothing was copied. The volume goes back to prepared,
+				// deactivated, with the store recorded unusable, as a
+				// refused kernel merge leaves it.
+				return nil, v.refuseStore(op, err)
+			}
 			return nil, fmt.Errorf("%s %q: userspace merge: %w", op, name, err)
 		}
 		// The copy wrote the origin with O_DIRECT, which drops the pages it
@@ -194,4 +202,17 @@ func (v *volume) copyProgress(also func(done, total int64)) func(done, total int
 			v.m.Progress(MergeProgress{Volume: v.name(), Total: uint64(total) / 512, Remaining: uint64(total-done) / 512, ChunkBytes: chunk})
 		}
 	}
+}
+
+// refuseStore ends a userspace rollback whose store the copy found
+// invalid or never written before it copied anything.
+func (v *volume) refuseStore(op string, why error) error {
+	state := dmtable.SnapshotInvalid
+	if err := v.noteUnusable(state); err != nil {
+		return errors.Join(why, err)
+	}
+	if err := v.settle(PhasePrepared, op, "refused: the store is not mergeable; the volume is deactivated"); err != nil {
+		return errors.Join(why, err)
+	}
+	return &StoreUnusableError{Volume: v.name(), State: state, Header: why.Error()}
 }
