@@ -96,15 +96,21 @@ type piece struct {
 	Length uint64
 }
 
+// pieces are a store file's segments as layout pieces.
+func pieces(segs []Segment) []piece {
+	out := make([]piece, len(segs))
+	for i, seg := range segs {
+		out[i] = piece{Dev: seg.Dev, Offset: seg.Offset, Length: seg.Length}
+	}
+	return out
+}
+
 // cowPieces is NAME-cow's layout: the store file's segments, composed with
 // the seeded areas' zero-mapped data slots for a seeded store. Every
 // rebuild computes it from the record alone, so it always comes out the
 // same.
 func cowPieces(s *Store) ([]piece, error) {
-	file := make([]piece, len(s.Segments))
-	for i, seg := range s.Segments {
-		file[i] = piece{Dev: seg.Dev, Offset: seg.Offset, Length: seg.Length}
-	}
+	file := pieces(s.Segments)
 	if seedAreas(s) == 0 {
 		return file, nil
 	}
@@ -177,32 +183,15 @@ func cowTableOf(s *Store) (dmtable.Table, error) {
 	return t, nil
 }
 
-// OfflineMergeInput is what the userspace merge of the volume's store
-// needs: the store as the kernel sees it (NAME-cow's layout, with zero
-// pieces for seeds' data slots) on raw device paths, and the number of
-// seeded areas, whose exceptions it must not copy (they preserve nothing).
-func (v *volume) offlineMergeInput() ([]merge.Segment, uint64, error) {
+// mergeLayout is what a userspace merge reads the store through: NAME-cow's
+// layout (the file's segments, with zeros for a seeded store's seed slots)
+// and the number of seeded areas, whose exceptions are not copied.
+func (v *volume) mergeLayout() ([]piece, uint64, error) {
 	ps, err := cowPieces(v.rec.Store)
 	if err != nil {
-		return nil, 0, fmt.Errorf("offline merge %q: %w", v.name(), err)
+		return nil, 0, fmt.Errorf("userspace merge %q: %w", v.name(), err)
 	}
-	var segs []merge.Segment
-	for _, p := range ps {
-		if p.Zero {
-			segs = append(segs, merge.Segment{Zero: true, Length: int64(p.Length) * 512})
-			continue
-		}
-		maj, mnr, err := dmtable.ParseDevNum(p.Dev)
-		if err != nil {
-			return nil, 0, err
-		}
-		path, err := dmtable.PathByDev(maj, mnr)
-		if err != nil {
-			return nil, 0, fmt.Errorf("offline merge %q: store device %s: %w", v.name(), p.Dev, err)
-		}
-		segs = append(segs, merge.Segment{Path: path, Offset: int64(p.Offset) * 512, Length: int64(p.Length) * 512})
-	}
-	return segs, seedAreas(v.rec.Store), nil
+	return ps, seedAreas(v.rec.Store), nil
 }
 
 // freezer is the filesystem side of seeding: where a device is mounted,
