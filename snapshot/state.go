@@ -287,6 +287,16 @@ const compactSegments = 1000
 // fsync of the directory. A crash leaves either the old or the new record.
 func writeRecord(dir string, r *Record) error {
 	r.Format = FormatVersion
+	if r.Phase == PhasePreparing && r.Store != nil && len(r.Store.Segments) > 0 {
+		// A prepare cut short is undone (activate, or prepare itself),
+		// which needs the store's path and inode, not its segments: those
+		// are written once, with the phase prepared. A fragmented store
+		// has 50,000 and prepare saves the record at each of its steps.
+		c, s := *r, *r.Store
+		s.Segments = nil
+		c.Store = &s
+		r = &c
+	}
 	var (
 		b   []byte
 		err error
