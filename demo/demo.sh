@@ -35,7 +35,7 @@ sync
 show ls "$M"
 sc status data
 
-say "Roll back: unmount, merge the snapshot back into the origin (kernel snapshot-merge)"
+say "Roll back: unmount, merge the snapshot back into the origin (userspace copy; /dev/mapper/data is removed meanwhile)"
 show umount "$M"
 sc rollback data
 show mount /dev/mapper/data "$M"

@@ -105,7 +105,8 @@ func storeFS(t testing.TB, fs string) string {
 // that state: prepare is undone (origin unchanged), commit and rollback are
 // finished (origin = new data, or = the prepare-time data). Each case must
 // have been killed at every step its completing run announced, and at one
-// at least.
+// at least. The default rollback (checkpoint) and commit (update) run the
+// userspace merges; "--kernel" keeps the kernel's snapshot-merge proven.
 func TestCrashPoints(t *testing.T) {
 	parallel(t)
 	if !InGuest(t, Config{Disks: []Disk{{Size: 32 << 20}, {Size: 128 << 20}}}) {
@@ -115,14 +116,14 @@ func TestCrashPoints(t *testing.T) {
 	type outcome struct{ op, mode string }
 	var table []string
 	total := 0
-	for _, c := range []outcome{{"prepare", "checkpoint"}, {"prepare", "update"}, {"commit", "checkpoint"}, {"rollback", "checkpoint"}, {"commit", "update"}, {"rollback", "update"}} {
+	for _, c := range []outcome{{"prepare", "checkpoint"}, {"prepare", "update"}, {"commit", "checkpoint"}, {"rollback", "checkpoint"}, {"rollback --kernel", "checkpoint"}, {"commit", "update"}, {"commit --kernel", "update"}, {"rollback", "update"}} {
 		kills := 0
 		for k := 1; ; k++ {
 			if k > 40 {
 				t.Fatalf("%s %s: still killed at step 40; the loop does not end", c.mode, c.op)
 			}
 			v := newVolume(t, "vol")
-			store := filepath.Join(mnt, fmt.Sprintf("store-%s-%s-%d", c.op, c.mode, k))
+			store := filepath.Join(mnt, fmt.Sprintf("store-%s-%s-%d", strings.ReplaceAll(c.op, " --", "-"), c.mode, k))
 			v.must("attach", "vol", "--origin", ubd(0))
 			fill(t, "/dev/mapper/vol", k)
 			orig := deviceSum(t, "/dev/mapper/vol")
@@ -137,7 +138,8 @@ func TestCrashPoints(t *testing.T) {
 				v.must(prep[:len(prep)-2]...)
 				scatter(t, "/dev/mapper/vol", 300, int64(k))
 				changed = deviceSum(t, "/dev/mapper/vol")
-				out, killed, _ = snapctlEnv(t, crash, c.op, "vol", "--state-dir", v.state)
+				args := append(strings.Fields(c.op), "vol", "--state-dir", v.state)
+				out, killed, _ = snapctlEnv(t, crash, args...)
 			}
 			if steps := hookSteps(out); killed && len(steps) != k {
 				t.Fatalf("%s %s killed with SNAPCTL_TEST_CRASH_AFTER=%d after announcing %d steps:\n%s", c.mode, c.op, k, len(steps), out)
@@ -154,9 +156,9 @@ func TestCrashPoints(t *testing.T) {
 			switch {
 			case c.op == "prepare" && !killed:
 				wantPhase = "prepared"
-			case c.op == "commit":
+			case strings.HasPrefix(c.op, "commit"):
 				want = changed
-			case c.op == "rollback":
+			case strings.HasPrefix(c.op, "rollback"):
 				// want orig
 			}
 			if s.Phase != wantPhase {

@@ -490,7 +490,7 @@ func TestIOErrorOrigin(t *testing.T) {
 			}
 			// Origin writes fail from the middle of the device on.
 			ieSwap(t, "ieorig", ieFailFrom(t, linear, sectors/2, "error_writes"))
-			msg, code := ieRun(t, v, m.op, "vol")
+			msg, code := ieRun(t, v, m.op, "vol", "--kernel")
 			if code == 0 {
 				t.Fatalf("%s with origin writes failing succeeded: %s", m.op, msg)
 			}
@@ -530,7 +530,7 @@ func TestIOErrorOrigin(t *testing.T) {
 			if _, err := os.Stat(store); !os.IsNotExist(err) {
 				t.Errorf("store file left after the recovered merge: %v", err)
 			}
-			tab.row("origin (flakey error_writes on its second half)", fmt.Sprintf("%s mode `%s` (kernel snapshot-merge)", m.mode, m.op),
+			tab.row("origin (flakey error_writes on its second half)", fmt.Sprintf("%s mode `%s --kernel` (kernel snapshot-merge)", m.mode, m.op),
 				fmt.Sprintf("exit %d: %s", code, ieShort(hint)), "merging; status shows MERGE FAILED; the store is kept",
 				"stop the errors, then "+next, result+"attached with the "+relData(want, orig, changed))
 			v.must("detach", "vol")

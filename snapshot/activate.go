@@ -64,13 +64,14 @@ func (m *Manager) activateOpts(ctx context.Context, v *volume, o ActivateOptions
 	case PhaseDropping:
 		return v.drop("drop")
 	case PhaseMerging:
-		if strings.HasPrefix(v.rec.Step, "merge:offline") {
-			// Finish the offline merge, then activate as for any attached
-			// volume.
-			if _, err := v.mergeOffline(ctx, merge.OfflineOptions{}); err != nil {
-				return err
-			}
-			return v.ensure(v.name(), linearTable(v.rec.Origin))
+		switch {
+		case strings.HasPrefix(v.rec.Step, "merge:offline"):
+			// Finish the userspace merge; NAME ends linear, as for any
+			// attached volume.
+			_, err := v.mergeOffline(ctx, "merge", merge.OfflineOptions{}, true)
+			return err
+		case strings.HasPrefix(v.rec.Step, "merge:live"):
+			return v.commitLive(ctx, "commit")
 		}
 		return v.merge(ctx, "merge", o.Wait)
 	case PhaseGrowing:
@@ -79,6 +80,12 @@ func (m *Manager) activateOpts(ctx context.Context, v *volume, o ActivateOptions
 		gate, err := v.groupBeforeBuild()
 		if err != nil {
 			return err
+		}
+		rollback := v.rec.Scheduled == "rollback" || gate != nil && gate.Decision == GroupRollback
+		if rollback && v.userspaceRollback(false) {
+			// A checkpoint goes back by the userspace merge, with the
+			// stack not built (nothing may open NAME while it runs).
+			return v.rollback(ctx, RollbackOptions{Wait: o.Wait})
 		}
 		// After a reboot nothing exists: build the stack first, then run a
 		// rollback scheduled for the next activate (or decided by the
@@ -89,8 +96,8 @@ func (m *Manager) activateOpts(ctx context.Context, v *volume, o ActivateOptions
 		if err := v.buildPrepared(PhasePrepared); err != nil {
 			return err
 		}
-		if v.rec.Scheduled == "rollback" || gate != nil && gate.Decision == GroupRollback {
-			return v.rollback(ctx, o.Wait)
+		if rollback {
+			return v.rollback(ctx, RollbackOptions{Wait: o.Wait})
 		}
 		return nil
 	}

@@ -72,6 +72,13 @@ func (l loggedKernel) flushBuffers(path string) error {
 	return l.done("BLKFLSBUF", path, l.kernel.flushBuffers(path))
 }
 
+func (l loggedKernel) setReadOnly(name string, ro bool) error {
+	return l.done("BLKROSET", name, l.kernel.setReadOnly(name, ro), "read_only", ro)
+}
+func (l loggedKernel) invalidateStore(store []Segment) error {
+	return l.done("invalidate store", fmt.Sprintf("%d segments", len(store)), l.kernel.invalidateStore(store))
+}
+
 func (dmKernel) info(name string) (devInfo, error) {
 	inf, err := dmtable.Info(name)
 	if errors.Is(err, syscall.ENXIO) {
@@ -149,3 +156,66 @@ func (dmKernel) readHeader(name string) (merge.Header, error) {
 	}
 	return h, nil
 }
+
+// rawSegments turns the store's recorded segments into paths of their raw
+// devices, for a merge that reads the store beneath its filesystem.
+func rawSegments(store []Segment) ([]merge.Segment, error) {
+	segs := make([]merge.Segment, 0, len(store))
+	for _, s := range store {
+		maj, min, err := dmtable.ParseDevNum(s.Dev)
+		if err != nil {
+			return nil, err
+		}
+		p, err := dmtable.PathByDev(maj, min)
+		if err != nil {
+			return nil, fmt.Errorf("store device %s: %w", s.Dev, err)
+		}
+		segs = append(segs, merge.Segment{Path: p, Offset: int64(s.Offset) * 512, Length: int64(s.Length) * 512})
+	}
+	return segs, nil
+}
+
+func (dmKernel) copyStore(ctx context.Context, origin string, store []Segment, live bool, opts merge.OfflineOptions) (_ *merge.OfflineResult, err error) {
+	segs, err := rawSegments(store)
+	if err != nil {
+		return nil, err
+	}
+	if !live {
+		return merge.OfflinePaths(ctx, origin, segs, opts)
+	}
+	// Device-mapper holds the origin (the snapshot's origin helper maps
+	// it), so it cannot be opened exclusively; nothing writes it while the
+	// snapshot is live in update mode.
+	o, err := merge.OpenRaw(origin, merge.OpenWrite|merge.OpenDirect)
+	if err != nil {
+		return nil, fmt.Errorf("open origin: %w", err)
+	}
+	defer func() { err = errors.Join(err, o.Close()) }()
+	s, err := merge.OpenSegments(segs, merge.OpenDirect)
+	if err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	defer func() { err = errors.Join(err, s.Close()) }()
+	return merge.Offline(ctx, o, s, opts)
+}
+
+func (dmKernel) invalidateStore(store []Segment) (err error) {
+	segs, err := rawSegments(store)
+	if err != nil {
+		return err
+	}
+	s, err := merge.OpenSegments(segs, merge.OpenDirect|merge.OpenWrite)
+	if err != nil {
+		return fmt.Errorf("open store: %w", err)
+	}
+	defer func() { err = errors.Join(err, s.Close()) }()
+	return merge.Invalidate(s)
+}
+
+func (dmKernel) setReadOnly(name string, ro bool) error {
+	return dmtable.SetReadOnly(mapperPath(name), ro)
+}
+
+func (dmKernel) mounts(dev string) (deviceMounts, error) { return mountsOf(dev) }
+
+func (dmKernel) writeCounts(dev string) (writeCounts, error) { return writeCountsOf(dev) }

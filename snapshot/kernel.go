@@ -1,6 +1,8 @@
 package snapshot
 
 import (
+	"context"
+
 	"github.com/snapctl/snapctl/dmtable"
 	"github.com/snapctl/snapctl/fiemap"
 	"github.com/snapctl/snapctl/merge"
@@ -50,6 +52,24 @@ type kernel interface {
 	// whatever was read through the origin's own node before a merge would
 	// otherwise be served, stale, to buffered readers after it.
 	flushBuffers(path string) error
+	// copyStore copies every exception's chunk of the store laid out on
+	// the raw segments into the origin at path (merge.Offline), checking
+	// the whole store first. The origin is opened exclusively, so the copy
+	// fails while anything maps or mounts it; with live set it is opened
+	// shared, beneath the device-mapper tables that map it.
+	copyStore(ctx context.Context, origin string, store []Segment, live bool, opts merge.OfflineOptions) (*merge.OfflineResult, error)
+	// invalidateStore marks the store on the raw segments invalid, so no
+	// kernel merges it again (merge.Invalidate).
+	invalidateStore(store []Segment) error
+	// setReadOnly sets or clears the read-only policy of /dev/mapper/name
+	// (BLKROSET).
+	setReadOnly(name string, ro bool) error
+	// mounts is what /proc/self/mountinfo says of the filesystems mounted
+	// from the block device dev ("major:minor").
+	mounts(dev string) (deviceMounts, error)
+	// writeCounts are the kernel's counts of the writes the block device
+	// dev ("major:minor") was sent.
+	writeCounts(dev string) (writeCounts, error)
 }
 
 // storeFS is the file system side of the store: the real one allocates

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/snapctl/snapctl/dmtable"
@@ -21,6 +22,11 @@ func (m *Manager) Merge(ctx context.Context, name string, wait bool) error {
 		return err
 	}
 	defer v.close()
+	if v.rec.Phase == PhaseMerging && (strings.HasPrefix(v.rec.Step, "merge:offline") || strings.HasPrefix(v.rec.Step, "merge:live")) {
+		// A userspace merge is under way: the command that started it (or
+		// activate) finishes it.
+		return &InterruptedError{Volume: name, Phase: v.rec.Phase, Step: v.rec.Step, Command: v.rec.Command}
+	}
 	return v.merge(ctx, "merge", wait)
 }
 

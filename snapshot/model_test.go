@@ -1,6 +1,7 @@
 package snapshot
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"strings"
@@ -21,6 +22,15 @@ type modelKernel struct {
 	calls []string
 	// merging keeps a snapshot-merge table unfinished, one data chunk left.
 	merging bool
+	// opens, mounted and written are what the model reports of a device's
+	// openers, mounts and write count, by device name; a test sets them.
+	opens   map[string]int32
+	mounted map[string]deviceMounts
+	written map[string]writeCounts
+	// onCopy, when set, runs during a userspace copy (a writer racing it).
+	onCopy func()
+	// copyErr, when set, fails the userspace copy before it writes.
+	copyErr error
 }
 
 type modelDev struct {
@@ -29,7 +39,9 @@ type modelDev struct {
 	suspended      bool
 }
 
-func newModelKernel() *modelKernel { return &modelKernel{devs: map[string]*modelDev{}} }
+func newModelKernel() *modelKernel {
+	return &modelKernel{devs: map[string]*modelDev{}, opens: map[string]int32{}, mounted: map[string]deviceMounts{}, written: map[string]writeCounts{}}
+}
 
 func (k *modelKernel) get(name string) (*modelDev, error) {
 	d, ok := k.devs[name]
@@ -44,7 +56,56 @@ func (k *modelKernel) info(name string) (devInfo, error) {
 	if !ok {
 		return devInfo{}, nil
 	}
-	return devInfo{Exists: true, Suspended: d.suspended, Live: d.live != nil, Inactive: d.inactive != nil, Dev: d.dev}, nil
+	return devInfo{Exists: true, Suspended: d.suspended, Live: d.live != nil, Inactive: d.inactive != nil, Dev: d.dev, OpenCount: k.opens[name]}, nil
+}
+
+// devName is the name of the model device numbered dev.
+func (k *modelKernel) devName(dev string) string {
+	for n, d := range k.devs {
+		if d.dev == dev {
+			return n
+		}
+	}
+	return ""
+}
+
+func (k *modelKernel) copyStore(ctx context.Context, origin string, store []Segment, live bool, opts merge.OfflineOptions) (*merge.OfflineResult, error) {
+	how := "exclusive"
+	if live {
+		how = "shared"
+	}
+	if k.copyErr != nil {
+		return nil, k.copyErr
+	}
+	k.calls = append(k.calls, "copy "+origin+" "+how)
+	if opts.Progress != nil {
+		opts.Progress(4096, 4096)
+	}
+	if k.onCopy != nil {
+		k.onCopy()
+	}
+	return &merge.OfflineResult{Store: &merge.Store{}, Total: 4096, Copied: 4096}, ctx.Err()
+}
+
+func (k *modelKernel) invalidateStore([]Segment) error {
+	k.calls = append(k.calls, "invalidate store")
+	return nil
+}
+
+func (k *modelKernel) setReadOnly(name string, ro bool) error {
+	if _, err := k.get(name); err != nil {
+		return err
+	}
+	k.calls = append(k.calls, fmt.Sprintf("readonly %s %v", name, ro))
+	return nil
+}
+
+func (k *modelKernel) mounts(dev string) (deviceMounts, error) {
+	return k.mounted[k.devName(dev)], nil
+}
+
+func (k *modelKernel) writeCounts(dev string) (writeCounts, error) {
+	return k.written[k.devName(dev)], nil
 }
 
 func (k *modelKernel) create(name string) (string, error) {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/snapctl/snapctl/dmtable"
 	"github.com/snapctl/snapctl/merge"
@@ -54,63 +55,164 @@ func (m *Manager) MergeOffline(ctx context.Context, name string, opts merge.Offl
 	default:
 		return nil, &InterruptedError{Volume: name, Phase: v.rec.Phase, Step: v.rec.Step, Command: v.rec.Command}
 	}
-	return v.mergeOffline(ctx, opts)
+	return v.mergeOffline(ctx, "merge --offline", opts, false)
 }
 
-func (v *volume) mergeOffline(ctx context.Context, opts merge.OfflineOptions) (*merge.OfflineResult, error) {
+// mergeOffline merges the store into the origin in userspace, through the
+// raw devices under the store's extents, step by step, each recorded
+// before it acts:
+//
+//	merge:offline-teardown  (collapse only) NAME and its stack removed
+//	merge:offline           the copy (restartable from its progress file),
+//	                        then the origin's page cache dropped
+//	merge:offline-linear    (collapse only) NAME made `linear DEV 0`
+//	merge:offline-release   the store file deleted
+//
+// Without collapse the devices must already be gone (the volume was
+// deactivated) and the volume ends attached without them; with collapse
+// (rollback, activate) the stack is torn down first and NAME ends linear,
+// as after a kernel merge. A rerun from any step finishes the job: a step
+// past the copy does not copy again.
+func (v *volume) mergeOffline(ctx context.Context, op string, opts merge.OfflineOptions, collapse bool) (*merge.OfflineResult, error) {
 	name := v.name()
-	for _, d := range []string{name, snapName(name), realName(name), baseName(name), cowName(name)} {
-		inf, err := v.m.k.info(d)
-		if err != nil {
+	res := &merge.OfflineResult{Store: &merge.Store{}, AlreadyDone: true}
+	switch v.rec.Step {
+	case "merge:offline-linear", "merge:offline-release":
+		// The copy is durable and the page cache dropped.
+	default:
+		if collapse {
+			if err := v.teardown(op); err != nil {
+				return nil, err
+			}
+		}
+		for _, d := range []string{name, snapName(name), realName(name), baseName(name), cowName(name)} {
+			inf, err := v.m.k.info(d)
+			if err != nil {
+				return nil, err
+			}
+			if inf.Exists {
+				return nil, &ActiveError{Volume: name, Device: d}
+			}
+		}
+		if err := v.checkOrigin(); err != nil {
 			return nil, err
 		}
-		if inf.Exists {
-			return nil, &ActiveError{Volume: name, Device: d}
-		}
-	}
-	if err := v.checkOrigin(); err != nil {
-		return nil, err
-	}
-	var segs []merge.Segment
-	for _, s := range v.rec.Store.Segments {
-		maj, min, err := dmtable.ParseDevNum(s.Dev)
-		if err != nil {
+		if err := v.step(PhaseMerging, "merge:offline"); err != nil {
 			return nil, err
 		}
-		p, err := dmtable.PathByDev(maj, min)
-		if err != nil {
-			return nil, fmt.Errorf("offline merge %q: store device %s: %w", name, s.Dev, err)
+		opts.ChunkSize = v.rec.Store.ChunkSectors
+		opts.ProgressFile = v.m.progressFile(name)
+		opts.Invalidate = true
+		opts.Progress = v.copyProgress(opts.Progress)
+		var err error
+		if res, err = v.m.k.copyStore(ctx, v.rec.Origin.Path, v.rec.Store.Segments, false, opts); err != nil {
+			if collapse && errors.Is(err, syscall.EBUSY) {
+				// Something else holds the origin (another volume's store
+				// mapped on it, a direct mount): the copy wrote nothing,
+				// and the kernel merge works beside it.
+				v.rec.event(op, fmt.Sprintf("kernel merge: %s is held by another device or mount", v.rec.Origin.Path))
+				return &merge.OfflineResult{Store: &merge.Store{}}, v.merge(ctx, op, true)
+			}
+			if collapse && (errors.Is(err, merge.ErrInvalidStore) || errors.Is(err, merge.ErrFreshStore)) {
+				// The kernel invalidated the store (or never wrote it):
+				// nothing was copied. The volume goes back to prepared,
+				// deactivated, with the store recorded unusable, as a
+				// refused kernel merge leaves it.
+				return nil, v.refuseStore(op, err)
+			}
+			return nil, fmt.Errorf("%s %q: userspace merge: %w", op, name, err)
 		}
-		segs = append(segs, merge.Segment{Path: p, Offset: int64(s.Offset) * 512, Length: int64(s.Length) * 512})
+		// The copy wrote the origin with O_DIRECT, which drops the pages it
+		// overwrote from the origin's page cache; drop the whole cache
+		// anyway, as after a kernel merge, so that no buffered reader of
+		// the origin sees the old content. A failure leaves the step at
+		// merge:offline, and a rerun finds the merge done and drops it
+		// again.
+		if err := v.m.k.flushBuffers(v.rec.Origin.Path); err != nil {
+			return nil, fmt.Errorf("%s %q: %w", op, name, err)
+		}
 	}
-	if err := v.step(PhaseMerging, "merge:offline"); err != nil {
-		return nil, err
-	}
-	opts.ChunkSize = v.rec.Store.ChunkSectors
-	opts.ProgressFile = v.m.progressFile(name)
-	opts.Invalidate = true
-	res, err := merge.OfflinePaths(ctx, v.rec.Origin.Path, segs, opts)
-	if err != nil {
-		return nil, fmt.Errorf("offline merge %q: %w", name, err)
-	}
-	// The copy wrote the origin with O_DIRECT, which drops the pages it
-	// overwrote from the origin's page cache; drop the whole cache anyway,
-	// as after a kernel merge, so that no buffered reader of the origin
-	// sees the old content. A failure leaves the step at merge:offline,
-	// and a rerun finds the merge done and drops it again.
-	if err := v.m.k.flushBuffers(v.rec.Origin.Path); err != nil {
-		return nil, fmt.Errorf("offline merge %q: %w", name, err)
+	if collapse {
+		if err := v.step(PhaseMerging, "merge:offline-linear"); err != nil {
+			return nil, err
+		}
+		if err := v.ensure(name, linearTable(v.rec.Origin)); err != nil {
+			return nil, fmt.Errorf("%s %q: load %q: %w", op, name, name, err)
+		}
 	}
 	if err := v.step(PhaseMerging, "merge:offline-release"); err != nil {
 		return nil, err
 	}
 	path := v.rec.Store.Path
 	if err := v.releaseStore(); err != nil {
-		return nil, fmt.Errorf("offline merge %q: release store %s: %w", name, path, err)
+		return nil, fmt.Errorf("%s %q: release store %s: %w", op, name, path, err)
 	}
 	if err := os.Remove(v.m.progressFile(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err
 	}
 	v.rec.Scheduled = ""
-	return res, v.settle(PhaseAttached, "merge --offline", fmt.Sprintf("%d bytes copied", res.Total))
+	detail := fmt.Sprintf("userspace merge: %d bytes copied", res.Total)
+	if res.AlreadyDone {
+		detail = "userspace merge: finished"
+	}
+	return res, v.settle(PhaseAttached, op, detail)
+}
+
+// teardown removes NAME and its stack before a userspace merge, which must
+// be the only writer of the origin: the kernel's view of the store is
+// recorded first (an Overflow or Invalid it reports refuses the merge), and
+// NAME must be unused. It records the step before it removes anything.
+func (v *volume) teardown(op string) error {
+	name := v.name()
+	if err := v.observeStore(); err != nil {
+		return fmt.Errorf("%s %q: %w", op, name, err)
+	}
+	if err := v.checkUsable(op); err != nil {
+		return err
+	}
+	if n, err := v.openCount(); err != nil {
+		return err
+	} else if n > 0 {
+		return &InUseError{Volume: name, Device: mapperPath(name), OpenCount: n, Op: op}
+	}
+	if err := v.step(PhaseMerging, "merge:offline-teardown"); err != nil {
+		return err
+	}
+	if err := v.removeIfExists(name); err != nil {
+		return fmt.Errorf("%s %q: remove %q: %w", op, name, name, err)
+	}
+	if err := v.removeStack(); err != nil {
+		return fmt.Errorf("%s %q: %w", op, name, err)
+	}
+	return nil
+}
+
+// copyProgress reports a userspace copy as merge progress, in sectors, to
+// the Manager's Progress and to also (when set).
+func (v *volume) copyProgress(also func(done, total int64)) func(done, total int64) {
+	if v.m.Progress == nil && also == nil {
+		return nil
+	}
+	chunk := uint64(v.rec.Store.ChunkSectors) * 512
+	return func(done, total int64) {
+		if also != nil {
+			also(done, total)
+		}
+		if v.m.Progress != nil {
+			v.m.Progress(MergeProgress{Volume: v.name(), Total: uint64(total) / 512, Remaining: uint64(total-done) / 512, ChunkBytes: chunk})
+		}
+	}
+}
+
+// refuseStore ends a userspace rollback whose store the copy found
+// invalid or never written before it copied anything.
+func (v *volume) refuseStore(op string, why error) error {
+	state := dmtable.SnapshotInvalid
+	if err := v.noteUnusable(state); err != nil {
+		return errors.Join(why, err)
+	}
+	if err := v.settle(PhasePrepared, op, "refused: the store is not mergeable; the volume is deactivated"); err != nil {
+		return errors.Join(why, err)
+	}
+	return &StoreUnusableError{Volume: v.name(), State: state, Header: why.Error()}
 }

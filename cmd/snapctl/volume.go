@@ -272,7 +272,8 @@ func newActivateCmd(a *app) *cobra.Command {
 		Long: `Activate is what runs at boot, before anything mounts /dev/mapper/NAME (see
 contrib/systemd/snapctl-activate.service). For each volume (all without NAME)
 it rebuilds the device stack from the state record, resumes a merge the kernel
-was doing, runs a rollback scheduled with --at-next-activate, undoes a prepare
+was doing, runs a rollback scheduled with --at-next-activate (a checkpoint is
+merged back in userspace, with its stack left unbuilt), undoes a prepare
 that was cut short and finishes a commit, rollback, drop or grow that was cut
 short. It is also the recovery command after a crash or a killed snapctl.
 
@@ -451,16 +452,67 @@ func (a *app) report(ctx context.Context, m *snapshot.Manager, name, human strin
 }
 
 func newCommitCmd(a *app) *cobra.Command {
-	return &cobra.Command{
+	var o snapshot.CommitOptions
+	c := &cobra.Command{
 		Use:   "commit NAME",
 		Short: "Keep the change: drop the snapshot (checkpoint) or merge it (update)",
 		Long: `Commit keeps the new content. In checkpoint mode it drops the snapshot (cheap;
-the filesystem may stay mounted). In update mode it hands the snapshot over to
-snapshot-merge, live (the mounted content does not change), waits for the merge
-and collapses the stack back to linear. Either way the store file is deleted.`,
+the filesystem may stay mounted). In update mode it merges the store into the
+origin, live (the content of /dev/mapper/NAME does not change), and collapses
+the stack back to linear. Either way the store file is deleted.
+
+Which merge runs in update mode:
+  - /dev/mapper/NAME unused, or mounted read-only only: the userspace merge, at
+    the speed of the disk. NAME is made read-only for the duration, the store's
+    chunks are copied into the origin beneath the live snapshot (which already
+    serves that content), then NAME is switched to linear while suspended; a
+    read-only mount goes on unaffected.
+  - mounted read-write, or open by anything else, or written during the copy:
+    the kernel's snapshot-merge, which merges under a writing filesystem.
+  - --kernel: the kernel's snapshot-merge always.
+The command's output and 'snapctl status NAME' (history) say which one ran.
+A kill or power cut is finished by 'snapctl activate' or by running commit
+again (a userspace merge cut short before the switch copies again).`,
 		Args: exactArgs(1),
-		RunE: a.volumeOp((*snapshot.Manager).Commit, "committed %s"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			m, err := a.manager(cmd)
+			if err != nil {
+				return err
+			}
+			m.Progress = a.mergeProgress()
+			if err := m.CommitWith(cmd.Context(), args[0], o); err != nil {
+				return err
+			}
+			return a.report(cmd.Context(), m, args[0], "committed "+args[0]+a.howDone(cmd.Context(), m, args[0], "commit")+"\n")
+		},
 	}
+	c.Flags().BoolVar(&o.Kernel, "kernel", false, "update mode: merge with the kernel's snapshot-merge, not the userspace merge")
+	return c
+}
+
+// howDone is " (<which merge ran>)" from the volume's last history events
+// of op, or "" when they say nothing of a merge (a drop).
+func (a *app) howDone(ctx context.Context, m *snapshot.Manager, name, op string) string {
+	s, err := m.Status(ctx, name)
+	if err != nil || len(s.History) == 0 {
+		return ""
+	}
+	h := s.History
+	last := h[len(h)-1]
+	switch {
+	case last.Event != op:
+		return ""
+	case last.Detail == "merge":
+		// The kernel merge; a commit that could not merge live said why
+		// just before.
+		if len(h) > 1 && h[len(h)-2].Event == op && strings.HasPrefix(h[len(h)-2].Detail, "kernel merge") {
+			return " (" + h[len(h)-2].Detail + ")"
+		}
+		return " (kernel merge)"
+	case strings.Contains(last.Detail, "merge"):
+		return " (" + last.Detail + ")"
+	}
+	return ""
 }
 
 func newRollbackCmd(a *app) *cobra.Command {
@@ -473,19 +525,32 @@ checkpoint mode it merges the snapshot back into the origin; in update mode it
 drops the snapshot. The content jumps back, so the filesystem must be unmounted;
 rollback refuses while /dev/mapper/NAME is open. --at-next-activate records the
 rollback instead, for the next 'snapctl activate' (at boot, before anything
-mounts the volume).`,
+mounts the volume).
+
+In checkpoint mode the merge runs in userspace, at the speed of the disk:
+/dev/mapper/NAME and its stack are removed (so nothing can open the volume
+while its content is rewritten), the store's chunks are copied into the origin
+through the raw devices, with progress on stderr, and /dev/mapper/NAME comes
+back as a plain linear map of the origin. The boot-time rollback of
+'snapctl activate' (scheduled, or decided by an update group) does the same
+without building the stack first. --kernel uses the kernel's snapshot-merge
+instead (as does a store with the loop backend). A kill or power cut at any
+point is finished by 'snapctl activate' or by running rollback again.`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			m, err := a.manager(cmd)
 			if err != nil {
 				return err
 			}
+			if o.AtNextActivate && o.Kernel {
+				return newUsageError(cmd.CommandPath(), errors.New("--kernel applies to a rollback now; the boot-time rollback uses the userspace merge"))
+			}
 			m.Progress = a.mergeProgress()
 			o.Wait = true
 			if err := m.Rollback(cmd.Context(), args[0], o); err != nil {
 				return err
 			}
-			msg := fmt.Sprintf("rolled back %s\n", args[0])
+			msg := fmt.Sprintf("rolled back %s%s\n", args[0], a.howDone(cmd.Context(), m, args[0], "rollback"))
 			if o.AtNextActivate {
 				msg = fmt.Sprintf("rollback of %s scheduled for the next `snapctl activate`\n", args[0])
 			}
@@ -493,6 +558,7 @@ mounts the volume).`,
 		},
 	}
 	c.Flags().BoolVar(&o.AtNextActivate, "at-next-activate", false, "schedule the rollback for the next activate instead of doing it now")
+	c.Flags().BoolVar(&o.Kernel, "kernel", false, "checkpoint mode: merge with the kernel's snapshot-merge, not the userspace merge")
 	return c
 }
 
@@ -504,10 +570,11 @@ func newMergeCmd(a *app) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "merge NAME",
 		Short: "Merge the store into the origin (kernel snapshot-merge, or --offline in userspace)",
-		Long: `Merge is the low-level verb behind checkpoint rollback and update commit. It
-hands the snapshot over to the kernel's snapshot-merge target and waits, with
-progress, until every chunk is back on the origin; then it collapses the stack
-to linear and deletes the store. --no-wait returns after the hand-over (the
+		Long: `Merge is the low-level verb: the kernel's merge, which 'rollback' (checkpoint)
+and 'commit' (update) run with --kernel, or where their userspace merge cannot
+run (see their --help). It hands the snapshot over to the kernel's
+snapshot-merge target and waits, with progress, until every chunk is back on
+the origin; then it collapses the stack to linear and deletes the store. --no-wait returns after the hand-over (the
 kernel goes on merging; 'snapctl merge NAME' again, or 'snapctl activate
 --wait', finishes). After a reboot mid-merge, 'snapctl activate' resumes it.
 
