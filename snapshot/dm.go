@@ -161,14 +161,20 @@ func (dmKernel) readHeader(name string) (merge.Header, error) {
 // devices, for a merge that reads the store beneath its filesystem.
 func rawSegments(store []Segment) ([]merge.Segment, error) {
 	segs := make([]merge.Segment, 0, len(store))
+	// Each device is looked up once (in sysfs and /dev): a fragmented
+	// store has thousands of segments, usually all on one device.
+	paths := map[string]string{}
 	for _, s := range store {
-		maj, min, err := dmtable.ParseDevNum(s.Dev)
-		if err != nil {
-			return nil, err
-		}
-		p, err := dmtable.PathByDev(maj, min)
-		if err != nil {
-			return nil, fmt.Errorf("store device %s: %w", s.Dev, err)
+		p, ok := paths[s.Dev]
+		if !ok {
+			maj, min, err := dmtable.ParseDevNum(s.Dev)
+			if err != nil {
+				return nil, err
+			}
+			if p, err = dmtable.PathByDev(maj, min); err != nil {
+				return nil, fmt.Errorf("store device %s: %w", s.Dev, err)
+			}
+			paths[s.Dev] = p
 		}
 		segs = append(segs, merge.Segment{Path: p, Offset: int64(s.Offset) * 512, Length: int64(s.Length) * 512})
 	}
