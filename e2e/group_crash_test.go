@@ -29,7 +29,7 @@ import (
 // update mode, udK in checkpoint mode, sealed --tries 1) and a larger group
 // P (sealed --tries 3). Boot 2's activate takes one try of each group
 // (none is left to the gK); then P is marked good and the guest's power is
-// cut while the kernel merges sysP. Boot 3: `snapctl activate sysP udP`
+// cut while sysP's live userspace merge copies. Boot 3: `snapctl activate sysP udP`
 // finishes P's commit; then for each k, `snapctl activate sysK udK` (which
 // finds gK with no tries left and rolls it back; activate names only gK's
 // volumes, so the other groups wait their turn) is killed at its k-th step
@@ -242,7 +242,7 @@ func TestGroupCrash(t *testing.T) {
 		out := g.sc("activate", "stor", pr.Sys, pr.Ud)
 		g.mount("stor")
 		res, _ := g.check(pr, "committed")
-		t.Logf("GROUP-CRASH-ROW | power cut during mark-good's kernel merge of %s | record at boot: group %s; %s %s | recovered by `snapctl activate` at the next boot | %s |",
+		t.Logf("GROUP-CRASH-ROW | power cut during mark-good's live userspace merge of %s | record at boot: group %s; %s %s | recovered by `snapctl activate` at the next boot | %s |",
 			pr.Sys, before, pr.Sys, rec.record(), res)
 		if rec.Phase != "merging" {
 			t.Errorf("the power cut did not land in the merge: %s was %s at boot", pr.Sys, rec.record())
@@ -341,8 +341,8 @@ func grpBootRollbackMatrix(t *testing.T, g *grp, pairs []*grpPair) {
 	t.Fatalf("the boot-time rollback was still killed at step %d: prepare more groups (grpKillGroups)", len(pairs))
 }
 
-// grpPowerCut starts mark-good of group P and, once sysP's kernel merge is
-// under way, has the host cut the power.
+// grpPowerCut starts mark-good of group P and, once sysP's live userspace
+// merge copies, has the host cut the power.
 func grpPowerCut(t *testing.T, g *grp, pr *grpPair) {
 	cmd := exec.Command(snapctlBin, "mark-good", pr.Group, "--state-dir", g.state)
 	var out bytes.Buffer
@@ -351,7 +351,7 @@ func grpPowerCut(t *testing.T, g *grp, pr *grpPair) {
 	rec := filepath.Join(g.state, pr.Sys+".json")
 	deadline := time.Now().Add(time.Minute)
 	for time.Now().Before(deadline) {
-		if b, err := os.ReadFile(rec); err == nil && bytes.Contains(b, []byte(`"step": "merge:wait"`)) {
+		if b, err := os.ReadFile(rec); err == nil && bytes.Contains(b, []byte(`"step": "merge:live-copy"`)) {
 			fmt.Println(grpCutMarker)
 			time.Sleep(time.Minute)
 			t.Fatal("the power was not cut")

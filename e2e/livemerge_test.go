@@ -17,9 +17,9 @@ import (
 )
 
 // Guest disks for TestLiveMerge:
-//   /dev/ubda   64 MiB  origin of "live": image A (ext4 with files)
-//   /dev/ubdb   64 MiB  origin of "kern": a copy of image A
-//   /dev/ubdc  128 MiB  attached as "stor", ext4, holds the store files
+//   /dev/ubda   32 MiB  origin of "live": image A (ext4 with files)
+//   /dev/ubdb   32 MiB  origin of "kern": a copy of image A
+//   /dev/ubdc   96 MiB  attached as "stor", ext4, holds the store files
 
 // TestLiveMerge proves the live userspace merge of an update-mode commit:
 //   - image B written into "live" (only the chunks that differ from A),
@@ -37,7 +37,7 @@ import (
 //     says so.
 func TestLiveMerge(t *testing.T) {
 	parallel(t)
-	if !InGuest(t, Config{Disks: []Disk{{Size: 64 << 20}, {Size: 64 << 20}, {Size: 128 << 20}}}) {
+	if !InGuest(t, Config{Disks: []Disk{{Size: 32 << 20}, {Size: 32 << 20}, {Size: 96 << 20}}}) {
 		return
 	}
 	a, b := makeImages(t)

@@ -353,3 +353,21 @@ func TestRollbackInvalidStore(t *testing.T) {
 		t.Fatalf("got phase %s, store %+v; want prepared with the store recorded invalid", st.Phase, st.Store)
 	}
 }
+
+// TestNamesSkipsProgress: a userspace merge's progress file in the state
+// directory is not a volume (activate without names lists the volumes).
+func TestNamesSkipsProgress(t *testing.T) {
+	m, _, _ := newModelManager(t)
+	if err := m.Attach(t.Context(), "vol", modelOrigin.Path); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(m.progressFile("vol"), []byte("{}"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := m.Names(); err != nil || !slices.Equal(got, []string{"vol"}) {
+		t.Fatalf("got names %q, %v; want [vol]", got, err)
+	}
+	if err := CheckName("x.merge-progress"); err == nil {
+		t.Error("a volume name ending in .merge-progress, which names a progress file, was accepted")
+	}
+}

@@ -248,7 +248,9 @@ func (m *Manager) Names() ([]string, error) {
 	}
 	var names []string
 	for _, e := range ents {
-		if n, ok := strings.CutSuffix(e.Name(), ".json"); ok && !strings.HasPrefix(n, ".") {
+		// NAME.merge-progress.json is the progress of NAME's userspace
+		// merge, not a volume.
+		if n, ok := strings.CutSuffix(e.Name(), ".json"); ok && !strings.HasPrefix(n, ".") && !strings.HasSuffix(n, progressSuffix) {
 			names = append(names, n)
 		}
 	}

@@ -23,8 +23,12 @@ func (e *ActiveError) Error() string {
 	return fmt.Sprintf("volume %q is active (%s exists): an offline merge needs its devices torn down", e.Volume, e.Device)
 }
 
+// progressSuffix ends the name of a userspace merge's progress file in the
+// state directory (before ".json"); no volume name ends so.
+const progressSuffix = ".merge-progress"
+
 func (m *Manager) progressFile(name string) string {
-	return filepath.Join(m.Dir, name+".merge-progress.json")
+	return filepath.Join(m.Dir, name+progressSuffix+".json")
 }
 
 // MergeOffline merges the store into the origin in userspace, through the

@@ -186,6 +186,9 @@ func CheckName(name string) error {
 			return fmt.Errorf("volume name %q: must not end in %q, which snapctl uses for its own devices", name, suffix)
 		}
 	}
+	if strings.HasSuffix(name, progressSuffix) {
+		return fmt.Errorf("volume name %q: must not end in %q, which snapctl uses for its merge progress files", name, progressSuffix)
+	}
 	return nil
 }
 
