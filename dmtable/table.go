@@ -22,21 +22,31 @@ type Table []Target
 
 // String renders t in the text form dmsetup reads and prints: one target per
 // line, "start length type params" ("start length type" with no params).
-func (t Target) String() string {
-	if t.Params == "" {
-		return fmt.Sprintf("%d %d %s", t.Start, t.Length, t.Type)
+func (t Target) String() string { return string(t.appendText(nil)) }
+
+// appendText appends t's text form to b (strconv, not fmt: a store's table
+// has up to 50,000 targets).
+func (t Target) appendText(b []byte) []byte {
+	b = strconv.AppendUint(b, t.Start, 10)
+	b = append(b, ' ')
+	b = strconv.AppendUint(b, t.Length, 10)
+	b = append(b, ' ')
+	b = append(b, t.Type...)
+	if t.Params != "" {
+		b = append(b, ' ')
+		b = append(b, t.Params...)
 	}
-	return fmt.Sprintf("%d %d %s %s", t.Start, t.Length, t.Type, t.Params)
+	return b
 }
 
 // String renders the table one target per line, each ending in a newline.
 func (t Table) String() string {
-	var b strings.Builder
+	b := make([]byte, 0, 48*len(t))
 	for _, tg := range t {
-		b.WriteString(tg.String())
-		b.WriteByte('\n')
+		b = tg.appendText(b)
+		b = append(b, '\n')
 	}
-	return b.String()
+	return string(b)
 }
 
 // Sectors is the size of the device the table describes, in sectors.
@@ -163,7 +173,7 @@ func ParseTarget(line string) (Target, error) {
 // Linear is a `linear` target mapping [start, start+length) to dev at offset
 // (all in sectors). dev is a path or "major:minor".
 func Linear(start, length uint64, dev string, offset uint64) Target {
-	return Target{Start: start, Length: length, Type: "linear", Params: fmt.Sprintf("%s %d", dev, offset)}
+	return Target{Start: start, Length: length, Type: "linear", Params: dev + " " + strconv.FormatUint(offset, 10)}
 }
 
 // Zero is a `zero` target of length sectors at start: reads return zeros,

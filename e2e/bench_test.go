@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/snapctl/snapctl/dmtable"
+	"github.com/snapctl/snapctl/fiemap"
 )
 
 // The bench tests measure, in one guest run, a figure and the baseline it
@@ -128,14 +129,80 @@ func benchPunch(t testing.TB, path string, holes int) time.Duration {
 	return time.Since(start)
 }
 
-// TestBenchPrepareExtents measures prepare's wall time for a store of one
-// extent against stores of thousands of extents (up to 50,000, AOSP's and
-// snapctl's cap) on the same filesystem: first on the empty filesystem,
-// then after its free space was cut into single 4 KiB blocks. A store of
-// 2 extents and one of 10,000 are then used: scattered writes through the
-// origin, a rollback (kernel merge), and the origin must be back to its
-// prepare-time bytes. Last, the cost of one flush of a linear device of 1,
-// 1,000 and 50,000 targets, which is what a merge step pays on NAME-cow.
+// benchEvent is one line of snapctl's -v log: its time and what it says
+// (the step of a state line, else the message).
+type benchEvent struct {
+	at   time.Time
+	what string
+}
+
+// benchTimed runs snapctl with -v and returns its wall time and its
+// phases: the time from the start to its first state step, between
+// consecutive steps, and from the last step to its exit, keyed
+// "from→to" (the log's clock is the guest's, as the test's is).
+func benchTimed(t testing.TB, v *volume, args ...string) (time.Duration, []benchEvent) {
+	t.Helper()
+	cmd := exec.Command(snapctlBin, append(append([]string{"-v"}, args...), "--state-dir", v.state)...)
+	start := time.Now()
+	out, err := cmd.CombinedOutput()
+	end := time.Now()
+	if err != nil {
+		t.Fatalf("snapctl %s: %v\n%s", strings.Join(args, " "), err, tail(string(out), 20))
+	}
+	ev := []benchEvent{{start, "start"}}
+	for _, line := range strings.Split(string(out), "\n") {
+		ts, ok := strings.CutPrefix(line, "time=")
+		if !ok || !strings.Contains(line, "msg=state ") {
+			continue
+		}
+		at, err := time.Parse(time.RFC3339Nano, strings.Fields(ts)[0])
+		if err != nil {
+			continue
+		}
+		if _, step, ok := strings.Cut(line, " step="); ok {
+			ev = append(ev, benchEvent{at, strings.Fields(step)[0]})
+		}
+	}
+	return end.Sub(start), append(ev, benchEvent{end, "exit"})
+}
+
+// benchPhases is the median time of each phase over runs of the same
+// command, in the order they happen, as "from→to 12.3 ms".
+func benchPhases(runs [][]benchEvent) string {
+	var names []string
+	times := map[string][]time.Duration{}
+	for _, ev := range runs {
+		for i := 1; i < len(ev); i++ {
+			k := ev[i-1].what + "→" + ev[i].what
+			if _, ok := times[k]; !ok {
+				names = append(names, k)
+			}
+			times[k] = append(times[k], ev[i].at.Sub(ev[i-1].at))
+		}
+	}
+	var parts []string
+	for _, k := range names {
+		parts = append(parts, fmt.Sprintf("%s %.0f ms", k, benchMs(benchMedian(times[k]))))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// TestBenchPrepareExtents measures, in one guest run:
+//
+//   - a prepare → commit round trip of a small checkpoint (median of 5,
+//     and each step's share from the -v log), against a bare start of
+//     snapctl (the cost of exec in user-mode Linux);
+//   - prepare of a store of 1 extent, then, after the filesystem's free
+//     space was cut into single 4 KiB blocks, of ~10,000 and ~50,000
+//     extents, of the same size (200 MB); and the floor under the latter:
+//     fallocate and FIEMAP of a file of as many extents (the filesystem's
+//     own cost), and the load and resume of a bare 50,000-target linear
+//     table (the kernel's);
+//   - rollback (the default, and the kernel merge when rollback has
+//     --kernel) of scattered writes through a store of 2 extents and one of
+//     10,000; the origin must be back to its prepare-time bytes;
+//   - last, the cost of one flush of a linear device of 1, 1,000 and 50,000
+//     targets, which is what a kernel merge step pays on NAME-cow.
 func TestBenchPrepareExtents(t *testing.T) {
 	if !InGuest(t, Config{Disks: []Disk{{Size: 64 << 20}, {Size: 1 << 30}}, Timeout: 8 * time.Minute}) {
 		return
@@ -148,9 +215,38 @@ func TestBenchPrepareExtents(t *testing.T) {
 	v.must("attach", "data", "--origin", ubd(0))
 	fill(t, "/dev/mapper/data", 21)
 	store := filepath.Join(mnt, "store")
+	help, _ := exec.Command(snapctlBin, "rollback", "--help").CombinedOutput()
+	kernelFlag := strings.Contains(string(help), "--kernel")
 
-	// prepare runs prepare of a store of bytes three times (commit in
-	// between) and returns the median time and the extent count.
+	// The round trip of a short-lived checkpoint: prepare, commit.
+	var starts, preps, commits []time.Duration
+	var prepEv, commitEv [][]benchEvent
+	for i := 0; i < 5; i++ {
+		s := time.Now()
+		if out, err := exec.Command(snapctlBin, "version").CombinedOutput(); err != nil {
+			t.Fatalf("snapctl version: %v\n%s", err, out)
+		}
+		starts = append(starts, time.Since(s))
+		d, ev := benchTimed(t, v, "prepare", "data", "--store", store, "--size", "4M")
+		preps, prepEv = append(preps, d), append(prepEv, ev)
+		if phase, usage, n := benchExtents(t, v); phase != "prepared" || usage != "active" || n != 1 {
+			t.Fatalf("after prepare: phase %s, usage %s, %d extents", phase, usage, n)
+		}
+		d, ev = benchTimed(t, v, "commit", "data")
+		commits, commitEv = append(commits, d), append(commitEv, ev)
+	}
+	var trips []time.Duration
+	for i := range preps {
+		trips = append(trips, preps[i]+commits[i])
+	}
+	t.Logf("round trip of a 4 MiB checkpoint (median of 5): %.0f ms (goal < 1 s; prepare %.0f ms, commit %.0f ms); a bare start of snapctl (version): %.0f ms",
+		benchMs(benchMedian(trips)), benchMs(benchMedian(preps)), benchMs(benchMedian(commits)), benchMs(benchMedian(starts)))
+	t.Logf("  prepare phases: %s", benchPhases(prepEv))
+	t.Logf("  commit phases: %s", benchPhases(commitEv))
+
+	// prepare runs prepare of a store of bytes runs times (commit in
+	// between; the last one kept with keep) and returns the median time and
+	// the extent count.
 	prepare := func(bytes int64, runs int, keep bool) (time.Duration, int) {
 		var times []time.Duration
 		ext := 0
@@ -175,28 +271,32 @@ func TestBenchPrepareExtents(t *testing.T) {
 	}
 
 	// rollback writes n scattered chunks through the origin of the prepared
-	// volume, rolls back (kernel merge) and checks the origin is back to its
-	// prepare-time bytes; it returns the rollback's wall time.
-	rollback := func(n int, seed int64, extents int) time.Duration {
+	// volume, rolls back (with extra flags) and checks the origin is back
+	// to its prepare-time bytes; it returns the rollback's wall time.
+	rollback := func(n int, seed int64, extents int, flags ...string) time.Duration {
 		orig := deviceSum(t, "/dev/mapper/data")
 		scatter(t, "/dev/mapper/data", n, seed)
 		if _, usage, _ := benchExtents(t, v); usage != "active" {
 			t.Fatalf("store of %d extents after %d chunk writes: usage %s, want active", extents, n, usage)
 		}
-		_, d := benchQuiet(t, v, "rollback", "data")
+		_, d := benchQuiet(t, v, append([]string{"rollback", "data"}, flags...)...)
 		if got := deviceSum(t, "/dev/mapper/data"); got != orig {
-			t.Fatalf("after rollback through a %d-extent store the origin differs from its prepare-time image", extents)
+			t.Fatalf("after rollback %v through a %d-extent store the origin differs from its prepare-time image", flags, extents)
 		}
 		return d
 	}
 
 	const want = 50000
 	const merged = 200 // chunks written and merged back through each store
-	small, smallExt := prepare(4<<20, 3, false)
 	big, bigExt := prepare(want*4096, 3, true)
 	bigRB := rollback(merged, 1, bigExt)
-	t.Logf("empty filesystem: prepare of 4 MiB: %d extent(s), %.1f ms; of %d MiB: %d extent(s), %.1f ms; rollback of %d scattered chunks: %.1f ms",
-		smallExt, benchMs(small), want*4096>>20, bigExt, benchMs(big), merged, benchMs(bigRB))
+	var bigKRB time.Duration
+	if kernelFlag {
+		prepare(want*4096, 1, true)
+		bigKRB = rollback(merged, 3, bigExt, "--kernel")
+	}
+	t.Logf("empty filesystem: prepare of %d MiB: %d extent(s), %.1f ms; rollback of %d scattered chunks: %.1f ms",
+		want*4096>>20, bigExt, benchMs(big), merged, benchMs(bigRB))
 
 	// Cut the free space into single blocks: 5,000 more holes than the
 	// largest store needs, for its extent tree. ext4 keeps back some free
@@ -208,55 +308,46 @@ func TestBenchPrepareExtents(t *testing.T) {
 	punch := benchPunch(t, filepath.Join(mnt, "filler"), want+5000)
 	t.Logf("fragmenting: %d single-block holes punched in %.1f s", want+5000, punch.Seconds())
 
+	// The floor: what the filesystem and the kernel cost for 50,000
+	// extents, without snapctl.
+	fsFloor, fiemapFloor, floorExt := benchFSFloor(t, filepath.Join(mnt, "floor"), want*4096)
+	loadFloor, removeFloor := benchLoadFloor(t, want)
+	t.Logf("floor for %d extents: fallocate %.1f ms, FIEMAP %.1f ms (filesystem); load and resume of a bare %d-target linear table %.1f ms, its removal %.1f ms (kernel)",
+		floorExt, benchMs(fsFloor), benchMs(fiemapFloor), want, benchMs(loadFloor), benchMs(removeFloor))
+
 	// The 10,000-extent store is kept for a rollback; the 50,000-extent one
 	// is only prepared and committed. A kernel merge through ~50,000
 	// extents costs about 35 ms per merged chunk here (each merge step's
 	// commit flushes every target of NAME-cow, measured below) and stalled
 	// the guest for minutes in some runs, so it is not run in CI.
-	type row struct {
-		blocks, extents int
-		d               time.Duration
+	mid, midExt := prepare(10000*4096, 1, true)
+	midRB := rollback(merged, 2, midExt)
+	var midKRB time.Duration
+	if kernelFlag {
+		prepare(10000*4096, 1, true)
+		midKRB = rollback(merged, 4, midExt, "--kernel")
 	}
-	var rows []row
-	var midRB time.Duration
-	midExt := 0
-	for _, n := range []int{1000, 10000, want} {
-		runs := 3
-		if n == want {
-			runs = 1
-		}
-		d, ext := prepare(int64(n)*4096, runs, n == 10000)
-		rows = append(rows, row{n, ext, d})
-		t.Logf("fragmented: prepare of %d blocks: %d extents, %.1f ms", n, ext, benchMs(d))
-		if n == 10000 {
-			// A many-extent store works: changes roll back exactly.
-			midRB, midExt = rollback(merged, 2, ext), ext
-		}
+	last, lastExt := prepare(want*4096, 3, false)
+	if lastExt < want*9/10 {
+		t.Errorf("the fragmented store has %d extents, want at least %d: fragmenting did not work", lastExt, want*9/10)
 	}
-	last := rows[len(rows)-1]
-	if last.extents < want*9/10 {
-		t.Errorf("the fragmented store has %d extents, want at least %d: fragmenting did not work", last.extents, want*9/10)
-	}
-	per := float64(last.d-big) / float64(max(last.extents-bigExt, 1))
-	t.Logf("prepare: 1 extent %.1f ms (4 MiB), %d extents %.1f ms (%d MiB); %d extents %.1f ms (%d MiB, ratio %.1f against %d extents of the same size; %.1f µs per extent)",
-		benchMs(small), bigExt, benchMs(big), want*4096>>20, last.extents, benchMs(last.d), last.blocks*4096>>20, float64(last.d)/float64(big), bigExt, per/1000)
-	t.Logf("online merge of %d scattered chunks: %.1f ms through %d extents, %.1f ms through %d extents (ratio %.1f)",
+	floor := fsFloor + fiemapFloor + loadFloor
+	t.Logf("prepare of %d MiB: %d extent(s) %.1f ms (empty filesystem); %d extents %.1f ms; %d extents %.1f ms: ratio %.2f against %d extent(s) (goal ≤ 3, and < 1 s); the floor (fallocate + FIEMAP + table load) %.1f ms, prepare / floor %.2f",
+		want*4096>>20, bigExt, benchMs(big), midExt, benchMs(mid), lastExt, benchMs(last), float64(last)/float64(big), bigExt, benchMs(floor), float64(last)/float64(floor))
+	t.Logf("rollback of %d scattered chunks: %.1f ms through %d extent(s), %.1f ms through %d extents: ratio %.2f (goal ≤ 1.5)",
 		merged, benchMs(bigRB), bigExt, benchMs(midRB), midExt, float64(midRB)/float64(bigRB))
+	if kernelFlag {
+		t.Logf("rollback --kernel of %d scattered chunks: %.1f ms through %d extent(s), %.1f ms through %d extents: ratio %.2f",
+			merged, benchMs(bigKRB), bigExt, benchMs(midKRB), midExt, float64(midKRB)/float64(bigKRB))
+	}
 
-	// Why the merge slows down: device-mapper sends a flush to every target
-	// of a table, and the exception store commits each merge step with a
-	// flush. Time flushes of a linear device of 1 and of many targets.
+	// Why the kernel merge slows down: device-mapper sends a flush to every
+	// target of a table, and the exception store commits each merge step
+	// with a flush. Time flushes of a linear device of 1 and of many
+	// targets.
 	for _, n := range []int{1, 1000, want} {
-		tab := make(dmtable.Table, n)
-		for i := range tab {
-			tab[i] = dmtable.Linear(uint64(i), 1, devOf(t, ubd(0)).String(), uint64(i))
-		}
 		name := fmt.Sprintf("bench-flush-%d", n)
-		_, err := dmtable.Create(name, "")
-		must(t, err)
-		removeAtEnd(t, name)
-		must(t, dmtable.Load(name, tab))
-		must(t, dmtable.Resume(name))
+		benchLinear(t, name, n)
 		f, err := os.OpenFile(dmtable.NodePath(name), os.O_RDWR, 0)
 		must(t, err)
 		const flushes = 20
@@ -272,6 +363,64 @@ func TestBenchPrepareExtents(t *testing.T) {
 	umount(t, mnt)
 	v.must("detach", "data")
 	st.must("detach", "stor")
+}
+
+// benchLinear creates device name as a linear device of n one-sector
+// targets over the first disk and returns how long the load and the
+// resume took.
+func benchLinear(t *testing.T, name string, n int) time.Duration {
+	t.Helper()
+	tab := make(dmtable.Table, n)
+	dev := devOf(t, ubd(0)).String()
+	for i := range tab {
+		tab[i] = dmtable.Linear(uint64(i), 1, dev, uint64(i))
+	}
+	_, err := dmtable.Create(name, "")
+	must(t, err)
+	removeAtEnd(t, name)
+	start := time.Now()
+	must(t, dmtable.Load(name, tab))
+	must(t, dmtable.Resume(name))
+	return time.Since(start)
+}
+
+// benchLoadFloor is the kernel's part of a prepare of a store of n
+// extents: load and resume of a bare linear table of n targets (the
+// median of 3), and its removal.
+func benchLoadFloor(t *testing.T, n int) (load, remove time.Duration) {
+	t.Helper()
+	var loads, removes []time.Duration
+	for i := 0; i < 3; i++ {
+		name := fmt.Sprintf("bench-floor-%d", i)
+		loads = append(loads, benchLinear(t, name, n))
+		start := time.Now()
+		must(t, dmtable.Remove(name))
+		removes = append(removes, time.Since(start))
+	}
+	return benchMedian(loads), benchMedian(removes)
+}
+
+// benchFSFloor is the filesystem's part of a prepare: fallocate of a file
+// of size bytes and its fsync, and FIEMAP of all its extents; the file is
+// removed again. It returns both times and the extent count.
+func benchFSFloor(t testing.TB, path string, size int64) (alloc, mapping time.Duration, extents int) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	must(t, err)
+	defer os.Remove(path)
+	defer f.Close()
+	start := time.Now()
+	must(t, syscall.Fallocate(int(f.Fd()), 0, 0, size))
+	must(t, f.Sync())
+	alloc = time.Since(start)
+	start = time.Now()
+	exts, err := fiemap.ExtentsMax(f, 1<<20)
+	must(t, err)
+	mapping = time.Since(start)
+	must(t, f.Close())
+	must(t, os.Remove(path))
+	unix.Sync()
+	return alloc, mapping, len(exts)
 }
 
 // benchDMName is the kernel name (dm-N) of the device-mapper node p, the

@@ -28,8 +28,10 @@ type fiemapExtent struct {
 	Reserved   [3]uint32 // fe_reserved
 }
 
-// extentsPerCall is the room for extents in one FS_IOC_FIEMAP call.
-const extentsPerCall = 256
+// extentsPerCall is the room for extents in one FS_IOC_FIEMAP call: 4,096
+// (a 224 KiB buffer, allocated once per mapping), so a store of 50,000
+// extents (the cap) is mapped in 13 calls rather than 196 of 256.
+const extentsPerCall = 4096
 
 // fiemapRequest is the memory FS_IOC_FIEMAP reads and writes: the header
 // immediately followed by its extent array, as the C flexible array member.

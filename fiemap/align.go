@@ -100,12 +100,19 @@ func CheckAlignment(path string, fsDev string, exts []Extent, segs []Segment, li
 		logical, offset, length uint64
 		dev                     string
 	}
-	runs := make([]run, 0, len(exts)+len(segs))
-	for _, e := range exts {
-		runs = append(runs, run{e.Logical, e.Physical, e.Length, fsDev})
-	}
-	for _, s := range segs {
-		runs = append(runs, run{s.Logical * SectorSize, s.DevOffset * SectorSize, s.Length * SectorSize, s.Dev})
+	// The runs are the extents and then the segments, visited in place:
+	// a store has up to 50,000 of each.
+	each := func(f func(r run) bool) {
+		for _, e := range exts {
+			if !f(run{e.Logical, e.Physical, e.Length, fsDev}) {
+				return
+			}
+		}
+		for _, s := range segs {
+			if !f(run{s.Logical * SectorSize, s.DevOffset * SectorSize, s.Length * SectorSize, s.Dev}) {
+				return
+			}
+		}
 	}
 	aligned := func(r run, a uint64) bool {
 		return a <= 1 || (r.logical%a == 0 && r.offset%a == 0 && r.length%a == 0)
@@ -118,10 +125,15 @@ func CheckAlignment(path string, fsDev string, exts []Extent, segs []Segment, li
 		{lim.LogicalBlockSize, "the logical block size"},
 		{chunk, "the chunk size"},
 	} {
-		for _, r := range runs {
+		each(func(r run) bool {
 			if !aligned(r, req.a) {
-				return nil, MisalignedError{Path: path, Logical: r.logical, Offset: r.offset, Dev: r.dev, Length: r.length, Align: req.a, What: req.what}
+				err = MisalignedError{Path: path, Logical: r.logical, Offset: r.offset, Dev: r.dev, Length: r.length, Align: req.a, What: req.what}
+				return false
 			}
+			return true
+		})
+		if err != nil {
+			return nil, err
 		}
 	}
 	for _, adv := range []struct {
@@ -136,17 +148,18 @@ func CheckAlignment(path string, fsDev string, exts []Extent, segs []Segment, li
 		}
 		var bad int
 		var first run
-		for _, r := range runs {
+		each(func(r run) bool {
 			if !aligned(r, adv.a) {
 				if bad == 0 {
 					first = r
 				}
 				bad++
 			}
-		}
+			return true
+		})
 		if bad > 0 {
 			warnings = append(warnings, fmt.Sprintf("%d of %d runs of %q are not multiples of the %s (%d bytes), first at file byte %d (byte %d of %s): I/O to them needs read-modify-write and is slower",
-				bad, len(runs), path, adv.what, adv.a, first.logical, first.offset, first.dev))
+				bad, len(exts)+len(segs), path, adv.what, adv.a, first.logical, first.offset, first.dev))
 		}
 	}
 	return warnings, nil

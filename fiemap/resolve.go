@@ -92,7 +92,7 @@ func devString(major, minor uint32) string { return fmt.Sprintf("%d:%d", major, 
 // (its Path is left empty for the caller to fill). Every extent must be
 // sector aligned.
 func Resolve(extents []Extent, fsMajor, fsMinor uint32, lookup TableLookup) ([]Segment, error) {
-	r := resolver{lookup: lookup, tables: map[[2]uint32]lookedUp{}}
+	r := resolver{lookup: lookup, tables: map[[2]uint32]lookedUp{}, out: make([]Segment, 0, len(extents))}
 	top, err := r.table(fsMajor, fsMinor)
 	if err != nil {
 		return nil, err
@@ -115,8 +115,20 @@ func Resolve(extents []Extent, fsMajor, fsMinor uint32, lookup TableLookup) ([]S
 }
 
 type lookedUp struct {
-	t  dmtable.Table
-	ok bool
+	t   dmtable.Table
+	ok  bool
+	dev string // "major:minor" of the device itself
+	// lower holds each linear target's parsed parameters, parsed once per
+	// Resolve rather than once per extent (a store has up to 50,000).
+	lower []lowerDev
+}
+
+// lowerDev is one linear target's device and offset, or err when its
+// parameters do not parse (reported only if an extent reaches it).
+type lowerDev struct {
+	major, minor uint32
+	offset       uint64
+	err          error
 }
 
 type resolver struct {
@@ -140,7 +152,26 @@ func (r *resolver) table(major, minor uint32) (lookedUp, error) {
 			return lookedUp{}, fmt.Errorf("table of %s: %w", devString(major, minor), err)
 		}
 	}
-	l := lookedUp{t: t, ok: ok}
+	l := lookedUp{t: t, ok: ok, dev: devString(major, minor)}
+	if ok {
+		l.lower = make([]lowerDev, len(t))
+		for i, tg := range t {
+			if tg.Type != "linear" {
+				continue
+			}
+			lp, err := dmtable.ParseLinear(tg.Params)
+			if err != nil {
+				l.lower[i].err = fmt.Errorf("device %s: %w", l.dev, err)
+				continue
+			}
+			ma, mi, err := dmtable.ParseDevNum(lp.Dev)
+			if err != nil {
+				l.lower[i].err = fmt.Errorf("device %s: linear target maps %q: %w", l.dev, lp.Dev, err)
+				continue
+			}
+			l.lower[i] = lowerDev{major: ma, minor: mi, offset: lp.Offset}
+		}
+	}
 	r.tables[k] = l
 	return l, nil
 }
@@ -156,7 +187,7 @@ func (r *resolver) walk(major, minor uint32, off, n, logical uint64, depth int) 
 		return err
 	}
 	if !l.ok {
-		r.emit(Segment{Logical: logical, Dev: devString(major, minor), DevOffset: off, Length: n})
+		r.emit(Segment{Logical: logical, Dev: l.dev, DevOffset: off, Length: n})
 		return nil
 	}
 	t := l.t
@@ -169,18 +200,15 @@ func (r *resolver) walk(major, minor uint32, off, n, logical uint64, depth int) 
 		if tg.Type != "linear" {
 			return UnsupportedTargetError{Dev: devString(major, minor), Type: tg.Type}
 		}
-		lp, err := dmtable.ParseLinear(tg.Params)
-		if err != nil {
-			return fmt.Errorf("device %s: %w", devString(major, minor), err)
+		lp := l.lower[i]
+		if lp.err != nil {
+			return lp.err
 		}
-		lower, lowerMinor, err := dmtable.ParseDevNum(lp.Dev)
-		if err != nil {
-			return fmt.Errorf("device %s: linear target maps %q: %w", devString(major, minor), lp.Dev, err)
-		}
+		lower, lowerMinor := lp.major, lp.minor
 		delta := off - tg.Start
 		take := min(n, tg.Length-delta)
-		lowOff := lp.Offset + delta
-		if lowOff < lp.Offset || lowOff+take < lowOff {
+		lowOff := lp.offset + delta
+		if lowOff < lp.offset || lowOff+take < lowOff {
 			return fmt.Errorf("device %s: linear target at sector %d maps past 2^64 sectors", devString(major, minor), tg.Start)
 		}
 		if err := r.walk(lower, lowerMinor, lowOff, take, logical, depth+1); err != nil {

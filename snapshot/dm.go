@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"syscall"
 
@@ -36,8 +37,25 @@ func (l loggedKernel) create(name string) (string, error) {
 	return dev, l.done("DM_DEV_CREATE", name, err, "dev", dev)
 }
 func (l loggedKernel) load(name string, t dmtable.Table) error {
-	return l.done("DM_TABLE_LOAD", name, l.kernel.load(name, t), "table", strings.TrimSpace(t.String()))
+	err := l.kernel.load(name, t)
+	if !l.m.Log.Enabled(context.Background(), slog.LevelDebug) {
+		return err
+	}
+	return l.done("DM_TABLE_LOAD", name, err, "targets", len(t), "table", logTable(t))
 }
+
+// logTable is t's text for the log: in full up to logTargets targets; a
+// store's table can have 50,000, so a longer one is its first and last
+// targets.
+func logTable(t dmtable.Table) string {
+	if len(t) <= logTargets {
+		return strings.TrimSpace(t.String())
+	}
+	return fmt.Sprintf("%s ... %s", t[0], t[len(t)-1])
+}
+
+const logTargets = 16
+
 func (l loggedKernel) clearInactive(name string) error {
 	return l.done("DM_TABLE_CLEAR", name, l.kernel.clearInactive(name))
 }
@@ -121,11 +139,13 @@ func (dmKernel) zeroHeader(name string, n int) error {
 	if err != nil {
 		return err
 	}
+	// No fsync here: a flush of NAME-cow goes to every segment of a
+	// fragmented store. The write has reached the raw device when it
+	// returns (O_DIRECT), so the snapshot loaded next reads the zeroes;
+	// prepare flushes the raw devices once at its end, and a prepare cut
+	// short before that is undone, store and all.
 	if _, err := r.WriteAt(make([]byte, n), 0); err != nil {
 		return errors.Join(fmt.Errorf("write %s: %w", mapperPath(name), err), r.Close())
-	}
-	if err := r.Sync(); err != nil {
-		return errors.Join(fmt.Errorf("sync %s: %w", mapperPath(name), err), r.Close())
 	}
 	return r.Close()
 }
@@ -147,18 +167,24 @@ func (dmKernel) readHeader(name string) (merge.Header, error) {
 // devices, for a merge that reads the store beneath its filesystem.
 func rawSegments(store []piece) ([]merge.Segment, error) {
 	segs := make([]merge.Segment, 0, len(store))
+	// Each device is looked up once (in sysfs and /dev): a fragmented
+	// store has thousands of segments, usually all on one device.
+	paths := map[string]string{}
 	for _, s := range store {
 		if s.Zero {
 			segs = append(segs, merge.Segment{Zero: true, Length: int64(s.Length) * 512})
 			continue
 		}
-		maj, min, err := dmtable.ParseDevNum(s.Dev)
-		if err != nil {
-			return nil, err
-		}
-		p, err := dmtable.PathByDev(maj, min)
-		if err != nil {
-			return nil, fmt.Errorf("store device %s: %w", s.Dev, err)
+		p, ok := paths[s.Dev]
+		if !ok {
+			maj, min, err := dmtable.ParseDevNum(s.Dev)
+			if err != nil {
+				return nil, err
+			}
+			if p, err = dmtable.PathByDev(maj, min); err != nil {
+				return nil, fmt.Errorf("store device %s: %w", s.Dev, err)
+			}
+			paths[s.Dev] = p
 		}
 		segs = append(segs, merge.Segment{Path: p, Offset: int64(s.Offset) * 512, Length: int64(s.Length) * 512})
 	}

@@ -37,7 +37,8 @@ type kernel interface {
 	// target.
 	status(name string) (dmtable.SnapshotStatus, error)
 	// zeroHeader writes n zero bytes at the start of /dev/mapper/name with
-	// O_DIRECT, which initialises a persistent exception store.
+	// O_DIRECT, which initialises a persistent exception store. It does not
+	// flush: the caller makes the store durable once it is built.
 	zeroHeader(name string, n int) error
 	// readHeader reads and checks the store header through
 	// /dev/mapper/name, with O_DIRECT.
@@ -47,6 +48,8 @@ type kernel interface {
 	readStore(name string, want merge.Expect) (*merge.Store, error)
 	// syncDevice flushes /dev/mapper/name down to its devices (fsync).
 	syncDevice(name string) error
+	// syncRaw flushes the block device dev ("major:minor") (fsync).
+	syncRaw(dev string) error
 	// flushBuffers drops the page cache of the block device at path
 	// (BLKFLSBUF). Device-mapper writes the origin below that cache, so
 	// whatever was read through the origin's own node before a merge would

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/snapctl/snapctl/fiemap"
 	"github.com/snapctl/snapctl/freespace"
@@ -188,8 +189,13 @@ func (m *Manager) prepareAttached(ctx context.Context, o PrepareOptions) (*Plan,
 		}
 		return nil, err
 	}
-	// Report the tables as the kernel now holds them.
+	// Report the tables as the kernel now holds them. NAME-cow holds what
+	// prepare loaded (its devices are already major:minor), and it can
+	// have 50,000 targets: it is not read back.
 	for d := range plan.Tables {
+		if d == cowName(o.Name) {
+			continue
+		}
 		if t, err := m.k.table(d); err == nil {
 			plan.Tables[d] = t.String()
 		}
@@ -379,14 +385,17 @@ func (v *volume) prepare(ctx context.Context, o PrepareOptions, p *Plan) error {
 	if err := v.step(PhasePreparing, "prepare:allocate"); err != nil {
 		return err
 	}
+	began := time.Now()
 	ino, err := v.m.fs.allocate(o.StorePath, p.StoreBytes, o.ChunkSectors, !loop)
 	if err != nil {
 		return err
 	}
+	v.m.Log.Debug("store allocated", "path", o.StorePath, "bytes", p.StoreBytes, "took", time.Since(began))
 	v.rec.Store.Inode = ino
 	if err := v.save(); err != nil {
 		return err
 	}
+	began = time.Now()
 	var segs []Segment
 	if loop {
 		segs, err = v.m.fs.loopSegments(o.StorePath, ino)
@@ -396,6 +405,7 @@ func (v *volume) prepare(ctx context.Context, o PrepareOptions, p *Plan) error {
 	if err != nil {
 		return err
 	}
+	v.m.Log.Debug("store mapped", "path", o.StorePath, "segments", len(segs), "took", time.Since(began))
 	for _, s := range segs {
 		if s.Dev == v.rec.Origin.Dev && o.Mode == Update {
 			return &StoreOnOriginError{Path: o.StorePath, Reason: "is on the origin; in update mode the origin is written only by the merge, so the store must be on another device"}
@@ -447,7 +457,13 @@ func (v *volume) buildSnapshot(phase Phase, thaw func() error) error {
 	if err := step("prepare:lower"); err != nil {
 		return err
 	}
-	if err := v.buildLower(); err != nil {
+	build := v.buildLower
+	if phase == PhasePreparing {
+		// prepare built NAME-cow just before: comparing its live table
+		// with the wanted one would read back up to 50,000 targets.
+		build = v.buildHelper
+	}
+	if err := build(); err != nil {
 		return err
 	}
 	if phase != PhasePreparing {
@@ -562,10 +578,12 @@ func (v *volume) prepared(phase Phase) error {
 	}
 	// The kernel wrote the store's header when it loaded the snapshot, and
 	// a prepared store whose header reads as zeroed is refused later: make
-	// it durable before the record says prepared.
-	if err := v.m.k.syncDevice(cowName(v.name())); err != nil {
-		return fmt.Errorf("flush %q: %w", cowName(v.name()), err)
+	// it durable before the record says prepared (flush.go: through the
+	// raw devices, not NAME-cow).
+	if err := v.syncStore(); err != nil {
+		return err
 	}
+	v.m.Log.Debug("store flushed", "volume", v.name())
 	return v.settle(PhasePrepared, "prepare", fmt.Sprintf("%s mode, store %s, %d bytes, %d extents", v.rec.Mode, v.rec.Store.Path, v.rec.Store.Bytes, len(v.rec.Store.Segments)))
 }
 

@@ -275,6 +275,8 @@ func TestDryRunPlacement(t *testing.T) {
 	}
 }
 
+func (k *modelKernel) syncRaw(dev string) error { return nil }
+
 func (k *modelKernel) syncDevice(name string) error {
 	_, err := k.get(name)
 	return err

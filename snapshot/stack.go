@@ -247,6 +247,12 @@ func (v *volume) buildLower() error {
 	if err := v.ensure(cowName(name), cowT); err != nil {
 		return fmt.Errorf("build %q: %w", cowName(name), err)
 	}
+	return v.buildHelper()
+}
+
+// buildHelper makes NAME-real (checkpoint) or NAME-base (update) exist and
+// be live.
+func (v *volume) buildHelper() error {
 	if err := v.ensure(v.originHelper(), linearTable(v.rec.Origin)); err != nil {
 		return fmt.Errorf("build %q: %w", v.originHelper(), err)
 	}

@@ -297,11 +297,36 @@ func (r *Record) check(name string) error {
 	return nil
 }
 
+// compactSegments is the segment count above which a record is written
+// without indentation.
+const compactSegments = 1000
+
 // writeRecord replaces the record atomically: temp file, fsync, rename,
 // fsync of the directory. A crash leaves either the old or the new record.
 func writeRecord(dir string, r *Record) error {
 	r.Format = FormatVersion
-	b, err := json.MarshalIndent(r, "", "  ")
+	if r.Phase == PhasePreparing && r.Store != nil && len(r.Store.Segments) > 0 {
+		// A prepare cut short is undone (activate, or prepare itself),
+		// which needs the store's path and inode, not its segments: those
+		// are written once, with the phase prepared. A fragmented store
+		// has 50,000 and prepare saves the record at each of its steps.
+		c, s := *r, *r.Store
+		s.Segments = nil
+		c.Store = &s
+		r = &c
+	}
+	var (
+		b   []byte
+		err error
+	)
+	if r.Store != nil && len(r.Store.Segments) > compactSegments {
+		// A fragmented store's record is written without indentation:
+		// indenting 50,000 segments (six lines each) made every save of
+		// a prepare cost ~100 ms and 4 MB.
+		b, err = json.Marshal(r)
+	} else {
+		b, err = json.MarshalIndent(r, "", "  ")
+	}
 	if err != nil {
 		return err
 	}

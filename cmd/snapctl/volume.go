@@ -240,7 +240,7 @@ Examples:
 			}
 			for _, d := range []string{plan.Name + "-cow", plan.Name + "-real", plan.Name + "-base", plan.Name + "-snap", plan.Name} {
 				if t, ok := plan.Tables[d]; ok {
-					a.printf("table %s:\n  %s\n", d, strings.ReplaceAll(strings.TrimSpace(t), "\n", "\n  "))
+					a.printf("table %s:\n  %s\n", d, strings.ReplaceAll(shortTable(t, d), "\n", "\n  "))
 				}
 			}
 			return nil
@@ -262,6 +262,19 @@ Examples:
 	f.BoolVar(&o.SkipFree, "skip-free", false, "seed the store with the free chunks of the filesystem mounted on NAME: writes into free space cost no store space (checkpoint mode; old contents of free blocks are not restored)")
 	f.StringVar(&seedMemory, "seed-memory", "", fmt.Sprintf("kernel memory the seeds may take, e.g. 8M (default %d MiB; with --skip-free)", merge.DefaultSeedKernelBytes>>20))
 	return c
+}
+
+// shortTable is a table's text for prepare's report: a fragmented store's
+// table (up to 50,000 lines) is shown by its first and last targets; --json
+// and 'dmsetup table' give all of it.
+func shortTable(t, device string) string {
+	const head, tail = 4, 2
+	lines := strings.Split(strings.TrimSpace(t), "\n")
+	if len(lines) <= head+tail+1 {
+		return strings.Join(lines, "\n")
+	}
+	skip := fmt.Sprintf("... %d more targets ('dmsetup table %s' or --json lists them all)", len(lines)-head-tail, device)
+	return strings.Join(append(append(lines[:head:head], skip), lines[len(lines)-tail:]...), "\n")
 }
 
 // autoSize is --size auto in update mode: the exact store size for the
@@ -895,6 +908,8 @@ func fragmentationWarning(name string, n int) string {
 	if n <= fragmentedExtents {
 		return ""
 	}
-	return fmt.Sprintf("warning: the store of %s is in %d extents: every flush of %s-cow goes to each of them, and a kernel merge (rollback, or commit in update mode) flushes once per run of chunks, so it will be slow. "+
-		"A store allocated on a less fragmented filesystem is faster to merge; 'snapctl merge %s --offline' avoids the per-run flushes.", name, n, name, name)
+	return fmt.Sprintf("warning: the store of %s is in %d extents: the free space of its filesystem is fragmented. "+
+		"Every flush of %s-cow goes to each extent, so a kernel merge (which flushes once per run of chunks) is slow; 'snapctl merge %s --offline' avoids that. "+
+		"To get a store in fewer extents: 'snapctl commit %s', free space on the store's filesystem (or defragment its files, which gathers free space: e4defrag on ext4, xfs_fsr on xfs), "+
+		"then prepare again; or put the store on a filesystem with contiguous free space.", name, n, name, name, name)
 }
