@@ -32,9 +32,9 @@ import (
 //	(c) /dev/ubdc 256 MiB  a --skip-free checkpoint, the same store
 //	(d) /dev/ubdd 256 MiB  bow over NBD, checkpoint after fstrim
 //
-// in two rounds: round 1 rolls (b) and (c) back with the default rollback
-// (the kernel's snapshot-merge), round 2 with the userspace merge
-// (deactivate, merge --offline, activate). Reported: store bytes used (c
+// in two rounds: round 1 rolls (b) and (c) back with `rollback --kernel`
+// (the kernel's snapshot-merge), round 2 with the default rollback (the
+// userspace merge). Reported: store bytes used (c
 // against b, goal at most 0.1) and bow's backup bytes; the throughput of
 // the 40 MiB new-file write through /dev/mapper/NAME (c/a, goal at least
 // 0.9; b/a; bow/a), written in four pieces of 10 MiB with the
@@ -132,11 +132,9 @@ func TestBenchSkipFree(t *testing.T) {
 			umount(t, v.mnt)
 			start := time.Now()
 			if round == 0 {
-				v.v.must("rollback", v.v.name)
+				v.v.must("rollback", v.v.name, "--kernel")
 			} else {
-				v.v.must("deactivate", v.v.name)
-				v.v.must("merge", v.v.name, "--offline")
-				v.v.must("activate", v.v.name)
+				v.v.must("rollback", v.v.name) // the default: the userspace merge
 			}
 			d := time.Since(start).Seconds()
 			if v == seeded {

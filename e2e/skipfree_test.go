@@ -216,7 +216,7 @@ func TestSkipFree(t *testing.T) {
 	if !InGuest(t, Config{Disks: []Disk{{Size: 400 << 20}, {Size: 256 << 20}, {Size: 64 << 20}}}) {
 		return
 	}
-	for _, c := range []struct{ fs, dev, merge string }{{"ext4", ubd(1), "kernel"}, {"xfs", ubd(0), "offline"}} {
+	for _, c := range []struct{ fs, dev, merge string }{{"ext4", ubd(1), "kernel"}, {"xfs", ubd(0), "userspace"}} {
 		t.Run(c.fs, func(t *testing.T) {
 			v := newVolume(t, "vol")
 			v.must("attach", "vol", "--origin", c.dev)
@@ -291,12 +291,10 @@ func TestSkipFree(t *testing.T) {
 			if got := cowTableOf(t, v); got != cowBefore || !strings.Contains(got, " zero") {
 				t.Fatalf("vol-cow after deactivate + activate:\n%s\nwant the table before:\n%s", got, cowBefore)
 			}
-			if c.merge == "offline" {
-				v.must("deactivate", "vol")
-				v.must("merge", "vol", "--offline")
-				v.must("activate", "vol")
+			if c.merge == "userspace" {
+				v.must("rollback", "vol") // the default: the userspace merge
 			} else {
-				v.must("rollback", "vol")
+				v.must("rollback", "vol", "--kernel")
 			}
 			if s := sfStatusOf(t, v); s.Phase != "attached" {
 				t.Fatalf("after the rollback: phase %s", s.Phase)
