@@ -78,8 +78,8 @@ func TestFreeSpace(t *testing.T) {
 			}
 			var st syscall.Statfs_t
 			must(t, syscall.Statfs(mnt, &st))
-			bfree := int64(st.Bfree) * st.Bsize
-			t.Logf("%s: statfs f_bfree %d bytes, f_bavail %d, fsmap %d", c.fs, bfree, int64(st.Bavail)*st.Bsize, total)
+			bfree := int64(st.Bfree) * int64(st.Bsize)
+			t.Logf("%s: statfs f_bfree %d bytes, f_bavail %d, fsmap %d", c.fs, bfree, int64(st.Bavail)*int64(st.Bsize), total)
 			if c.fs == "ext4" && total != bfree {
 				t.Errorf("ext4: fsmap free %d bytes, statfs f_bfree %d", total, bfree)
 			}

@@ -268,7 +268,7 @@ func TestSkipFree(t *testing.T) {
 			// New files well over the store's size, overwrites, deletions.
 			var st syscall.Statfs_t
 			must(t, syscall.Statfs(mnt, &st))
-			free := int64(st.Bavail) * st.Bsize
+			free := int64(st.Bavail) * int64(st.Bsize)
 			big := min(int64(s.Store.Bytes)*2, free-24<<20)
 			if big < int64(s.Store.Bytes)*3/2 {
 				t.Fatalf("the filesystem has %d bytes free, too little to write 1.5 times the store (%d bytes)", free, s.Store.Bytes)

@@ -15,7 +15,7 @@ var (
 	_ = [1]struct{}{}[unsafe.Offsetof(fsmapRequest{}.recs)-192]
 )
 
-func TestABI(t *testing.T) {
+func TestABISizes(t *testing.T) {
 	for _, c := range []struct {
 		name      string
 		got, want uintptr

@@ -18,7 +18,7 @@ GO=${GO:-go}
 export CGO_ENABLED=0 GOFLAGS=${GOFLAGS:-}
 
 ARCHES=(amd64 arm64 arm 386 riscv64 ppc64le)
-PURE=(./cowsize ./dmtable ./merge ./bow ./bow/nbd ./fiemap ./internal/platform)
+PURE=(./cowsize ./dmtable ./merge ./bow ./bow/nbd ./fiemap ./freespace ./internal/platform)
 
 step() { printf '== %s\n' "$*"; }
 
@@ -40,7 +40,7 @@ qemu() {
 # Pure tests that run in seconds under emulation: the store format reader,
 # the bow log and restore, the COW size formula, table and status parsing,
 # NBD framing. The fuzz targets run their seed corpus.
-PURE_RUN='^(TestABISizes|TestIoctlNumbers|TestIoctlEncoding|TestLogGolden|TestChecksum|TestParseLogBlockErrors|TestEncodeErrors|FuzzLog|TestRestoreHandImage|TestRestoreRefusesCorruptChain|TestRestoreRollForward|TestRangeMap|TestTransitions|TestBlockZero|TestUnaligned|TestLayoutMatchesKernelAllocation|TestMinChunks|TestReadStore.*|TestForChunks.*|TestCapacity.*|TestParseRanges.*|TestDiff|Test.*Table.*|Test.*Status.*|TestEncodeTargets|TestDecode.*|TestRequest.*|TestParseRequestBad|FuzzServe|TestExtent.*|TestFlagValidation|TestAlign.*)$'
+PURE_RUN='^(TestABISizes|TestIoctlNumbers|TestIoctlEncoding|TestLogGolden|TestChecksum|TestParseLogBlockErrors|TestEncodeErrors|FuzzLog|TestRestoreHandImage|TestRestoreRefusesCorruptChain|TestRestoreRollForward|TestRangeMap|TestTransitions|TestBlockZero|TestUnaligned|TestLayoutMatchesKernelAllocation|TestMinChunks|TestReadStore.*|TestForChunks.*|TestCapacity.*|TestParseRanges.*|TestDiff|Test.*Table.*|Test.*Status.*|TestEncodeTargets|TestDecode.*|TestRequest.*|TestParseRequestBad|FuzzServe|TestExtent.*|TestFlagValidation|TestAlign.*|TestDevEncoding|TestFreeExtents|TestChunks|TestReadMap|TestSeedObjectsMatchKernel|TestPlanSeeds|TestCowPieces|TestWriteSeeded.*|TestOfflineSkipsSeeds|TestSeeded.*)$'
 step "linux/arm (GOARM=7) under qemu-arm: ABI and pure tests"
 GOOS=linux GOARCH=arm GOARM=7 $GO test -count=1 -exec "$(qemu arm)" -run "$PURE_RUN" "${PURE[@]}"
 step "linux/386 under qemu-i386: ABI and pure tests"
@@ -49,5 +49,5 @@ GODEBUG=asyncpreemptoff=1 GOOS=linux GOARCH=386 $GO test -count=1 -exec "$(qemu 
 for pair in arm64:aarch64 riscv64:riscv64 ppc64le:ppc64le; do
 	arch=${pair%%:*}
 	step "linux/$arch under qemu-${pair##*:}: ABI tests"
-	GOOS=linux GOARCH=$arch $GO test -count=1 -exec "$(qemu "${pair##*:}")" -run '^(TestABISizes|TestIoctlNumbers|TestIoctlEncoding)$' ./dmtable ./fiemap ./bow/nbd ./internal/platform
+	GOOS=linux GOARCH=$arch $GO test -count=1 -exec "$(qemu "${pair##*:}")" -run '^(TestABISizes|TestIoctlNumbers|TestIoctlEncoding)$' ./dmtable ./fiemap ./freespace ./bow/nbd ./internal/platform
 done
