@@ -779,9 +779,10 @@ func biDeviceChanged(t *testing.T, smnt string) {
 		removeDevices(t, "lp")
 	})
 	t.Run("renumbered mid-merge", func(t *testing.T) {
-		// Kill snapctl at the merge hand-over: the record says merging.
+		// Kill snapctl at the kernel merge's hand-over: the record says
+		// merging.
 		v.must("activate", "lp")
-		out, killed, _ := snapctlEnv(t, []string{"SNAPCTL_TEST_CRASH_AT=merge:handover"}, "rollback", "lp", "--state-dir", v.state)
+		out, killed, _ := snapctlEnv(t, []string{"SNAPCTL_TEST_CRASH_AT=merge:handover"}, "rollback", "lp", "--kernel", "--state-dir", v.state)
 		if !killed {
 			t.Fatalf("rollback was not killed at merge:handover:\n%s", out)
 		}

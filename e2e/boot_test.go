@@ -232,9 +232,12 @@ func bootPhase2(t *testing.T, dir, repo string) {
 	activate := parseUnit(t, filepath.Join(repo, "contrib", "systemd", "snapctl-activate.service"))
 	runUnit(t, activate, "ExecStartPre", state)
 	runUnit(t, activate, "ExecStart", state)
-	s := bootStatus(t, state, repo, "status-merging")
-	if s.Phase != "merging" {
-		t.Fatalf("after the activate unit: phase %q, want merging (the kernel merges the store back)", s.Phase)
+	// The scheduled rollback is a userspace merge: it is done when the
+	// activate unit ends, before anything mounts. The store file waits for
+	// its filesystem to be deleted.
+	s := bootStatus(t, state, repo, "status-rolled-back")
+	if s.Phase != "attached" || s.Store != nil {
+		t.Fatalf("after the activate unit: phase %q store %s, want attached without a store (the userspace merge copied the store back)", s.Phase, s.Store)
 	}
 	want, err := os.ReadFile(filepath.Join(dir, "want"))
 	must(t, err)
@@ -255,7 +258,7 @@ func bootPhase2(t *testing.T, dir, repo string) {
 	must(t, json.Unmarshal(b, &before))
 	sameTree(t, tree(t, mnt, ".snapctl-store"), withoutStore(before, ".snapctl-store"))
 
-	// multi-user: snapctl-monitor.service finishes the merge first.
+	// multi-user: snapctl-monitor.service deletes the store file first.
 	monitor := parseUnit(t, filepath.Join(repo, "contrib", "systemd", "snapctl-monitor.service"))
 	runUnit(t, monitor, "ExecStartPre", state)
 	s = bootStatus(t, state, repo, "status-attached")
