@@ -501,11 +501,12 @@ func benchCopy(t testing.TB, src, dst string, n int64) time.Duration {
 	return time.Since(start)
 }
 
-// TestBenchMerge measures the online merge (checkpoint rollback through
-// the kernel's snapshot-merge) of K MiB of changed chunks, scattered and
-// sequential, against a raw sequential O_DIRECT copy of the same number of
-// bytes from the store's disk to the origin's disk in the same run. After
-// each merge the origin must equal its prepare-time image.
+// TestBenchMerge measures a checkpoint rollback of K MiB of changed
+// chunks, scattered and sequential, by the default userspace merge and by
+// the kernel's snapshot-merge (rollback --kernel), against a raw sequential
+// O_DIRECT copy of the same number of bytes from the store's disk to the
+// origin's disk in the same run. After each merge the origin must equal its
+// prepare-time image.
 func TestBenchMerge(t *testing.T) {
 	if !InGuest(t, Config{Disks: []Disk{{Size: 512 << 20}, {Size: 1 << 30}}, Timeout: 8 * time.Minute}) {
 		return
@@ -528,21 +529,28 @@ func TestBenchMerge(t *testing.T) {
 		{"sequential chunks", 384, false},
 	} {
 		chunks := c.mib << 8
-		orig := deviceSum(t, "/dev/mapper/data")
-		v.must("prepare", "data", "--store", store, "--size", fmt.Sprint(int64(chunks+chunks/200+16)*4096))
-		benchWrite(t, "/dev/mapper/data", chunks, c.scattered, int64(c.mib))
-		run(t, "sync")
-		_, merge := benchQuiet(t, v, "rollback", "data")
-		if got := deviceSum(t, "/dev/mapper/data"); got != orig {
-			t.Fatalf("%s: after the merge the origin differs from its prepare-time image", c.name)
-		}
-		if s := benchStatusOf(t, v); s.Phase != "attached" {
-			t.Fatalf("%s: after the merge: phase %s, want attached", c.name, s.Phase)
-		}
-		if _, err := os.Stat(store); !os.IsNotExist(err) {
-			t.Fatalf("%s: store after the merge: %v, want it deleted", c.name, err)
-		}
 		bytes := int64(c.mib) << 20
+		merges := map[string]time.Duration{}
+		for _, how := range []string{"userspace", "kernel"} {
+			orig := deviceSum(t, "/dev/mapper/data")
+			v.must("prepare", "data", "--store", store, "--size", fmt.Sprint(int64(chunks+chunks/200+16)*4096))
+			benchWrite(t, "/dev/mapper/data", chunks, c.scattered, int64(c.mib)+int64(len(how)))
+			run(t, "sync")
+			args := []string{"rollback", "data"} // the default: the userspace merge
+			if how == "kernel" {
+				args = append(args, "--kernel")
+			}
+			_, merges[how] = benchQuiet(t, v, args...)
+			if got := deviceSum(t, "/dev/mapper/data"); got != orig {
+				t.Fatalf("%s, %s merge: after the merge the origin differs from its prepare-time image", c.name, how)
+			}
+			if s := benchStatusOf(t, v); s.Phase != "attached" {
+				t.Fatalf("%s, %s merge: after the merge: phase %s, want attached", c.name, how, s.Phase)
+			}
+			if _, err := os.Stat(store); !os.IsNotExist(err) {
+				t.Fatalf("%s, %s merge: store after the merge: %v, want it deleted", c.name, how, err)
+			}
+		}
 		// Raw copy of the same bytes: from the store's disk to the origin's
 		// disk, as the merge copies. It overwrites the origin's first
 		// K MiB, whose new content the next case takes as its baseline.
@@ -551,10 +559,13 @@ func TestBenchMerge(t *testing.T) {
 			raws = append(raws, benchCopy(t, ubd(1), ubd(0), bytes))
 		}
 		raw := benchMedian(raws)
-		mergeRate := float64(bytes) / 1e6 / merge.Seconds()
 		rawRate := float64(bytes) / 1e6 / raw.Seconds()
-		t.Logf("online merge (%s, %d MiB, %d chunks): %.1f MB/s, raw copy: %.1f MB/s, ratio %.3f (merge %.2f s, copy %.2f s)",
-			c.name, c.mib, chunks, mergeRate, rawRate, mergeRate/rawRate, merge.Seconds(), raw.Seconds())
+		for _, how := range []string{"userspace", "kernel"} {
+			rate := float64(bytes) / 1e6 / merges[how].Seconds()
+			t.Logf("rollback by the %s merge (%s, %d MiB, %d chunks): %.1f MB/s, raw copy: %.1f MB/s, ratio %.3f (merge %.2f s, copy %.2f s)",
+				how, c.name, c.mib, chunks, rate, rawRate, rate/rawRate, merges[how].Seconds(), raw.Seconds())
+		}
+		t.Logf("%s: userspace / kernel merge %.1fx", c.name, merges["kernel"].Seconds()/merges["userspace"].Seconds())
 		// The next case's baseline is read through /dev/mapper/data.
 		os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0)
 	}
