@@ -14,6 +14,9 @@ import (
 type deviceMounts struct {
 	Mounts   int  // mount points (bind mounts of one filesystem count each)
 	ReadOnly bool // every filesystem on it is read-only (superblock "ro")
+	// Mountpoint and FSType are of the first mount of the filesystem's
+	// root (not a bind mount of a directory in it); "" when none.
+	Mountpoint, FSType string
 }
 
 // parseMountinfo reads mountinfo (proc(5)) and reports the mounts of the
@@ -39,6 +42,9 @@ func parseMountinfo(r io.Reader, dev string) (deviceMounts, error) {
 			return out, fmt.Errorf("mountinfo line without superblock options: %q", line)
 		}
 		out.Mounts++
+		if out.Mountpoint == "" && len(f) > 4 && f[3] == "/" {
+			out.Mountpoint, out.FSType = unescapeMount(f[4]), tail[0]
+		}
 		if opts := strings.Split(tail[2], ","); opts[0] != "ro" {
 			out.ReadOnly = false
 		}

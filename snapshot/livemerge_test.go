@@ -25,10 +25,12 @@ func TestParseMountinfo(t *testing.T) {
 		dev  string
 		want deviceMounts
 	}{
-		{"253:1", deviceMounts{Mounts: 2, ReadOnly: true}},
+		{"253:1", deviceMounts{Mounts: 2, ReadOnly: true, Mountpoint: "/mnt/a", FSType: "ext4"}},
 		// A read-only bind mount of a read-write filesystem: the
-		// superblock still writes.
+		// superblock still writes. It is not the filesystem's root, so
+		// no mountpoint of it is reported.
 		{"253:2", deviceMounts{Mounts: 1, ReadOnly: false}},
+		{"254:0", deviceMounts{Mounts: 1, ReadOnly: false, Mountpoint: "/", FSType: "ext4"}},
 		{"253:9", deviceMounts{Mounts: 0, ReadOnly: true}},
 	} {
 		got, err := parseMountinfo(strings.NewReader(info), tc.dev)

@@ -1,7 +1,6 @@
 package snapshot
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -211,32 +210,8 @@ type freezer interface {
 type fsFreezer struct{}
 
 func (fsFreezer) mountOf(dev string) (string, string, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return "", "", err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		// id parent major:minor root mountpoint options [optional...] - type source super-options
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 10 || fields[2] != dev || fields[3] != "/" {
-			continue
-		}
-		sep := -1
-		for i := 6; i < len(fields); i++ {
-			if fields[i] == "-" {
-				sep = i
-				break
-			}
-		}
-		if sep < 0 || sep+1 >= len(fields) {
-			continue
-		}
-		return unescapeMount(fields[4]), fields[sep+1], nil
-	}
-	return "", "", sc.Err()
+	m, err := mountsOf(dev)
+	return m.Mountpoint, m.FSType, err
 }
 
 // unescapeMount undoes mountinfo's octal escapes (\040 for a space).
